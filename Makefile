@@ -1,0 +1,37 @@
+# The two commands of the README: `make run` (demo) and `make test` (the whole suite).
+# Both install everything first; uv keeps a warm wheel cache, so repeated installs take seconds.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_CACHE_DIR ?= $(HOME)/.cache/uv
+export UV_CACHE_DIR
+# Hard links need the cache and the venv on one filesystem; copying always works.
+export UV_LINK_MODE ?= copy
+
+.PHONY: install run test lint typecheck check clean
+
+$(VENV)/.installed: pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user "uv>=0.5"
+	@UV=$$(command -v uv || echo "$$(python3 -m site --user-base)/bin/uv"); \
+	  test -x $(PY) || $$UV venv --quiet --python python3 $(VENV); \
+	  $$UV pip install --quiet --python $(PY) -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/tagstream demo
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check schemas inference streams tests
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
