@@ -1,0 +1,98 @@
+"""The ``suggest`` agent: micro-batches of uploads in, suggestions or dead letters out.
+
+**No event is lost.** Faust's ``take``/``take_events`` ack every buffered event in a
+``finally`` when the loop body exits, even by an exception or a cancellation at shutdown, and
+an acked offset gets committed. So each event's message is held by one extra reference
+(``Message.incref``) from the moment its batch is handed to us, and that reference is released
+only after the event's suggestion or dead letter is confirmed delivered by the broker. If the
+body dies half-way, take's ack drops the count to one, never zero: the offset is not committed
+and the event is consumed again after a restart (at-least-once; duplicates are possible,
+losses are not). ``take_events`` is used instead of ``take`` because dead letters need each
+event's topic, partition, offset and raw key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
+from typing import cast
+
+import faust
+from faust.types import EventT, StreamT
+
+from streams.processor import Inbound, Outbound, SuggestionProcessor
+
+log = logging.getLogger(__name__)
+
+PUBLISH_BACKOFF_MAX_S = 10.0
+
+
+class SuggestAgent:
+    def __init__(
+        self,
+        app: faust.App,
+        uploads: faust.TopicT,
+        outputs: dict[str, faust.TopicT],
+        processor: Callable[[], Awaitable[SuggestionProcessor]],
+        max_batch: int,
+        max_wait_s: float,
+    ) -> None:
+        self._outputs = outputs
+        self._processor = processor
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self.agent = app.agent(uploads, name="suggest")(self._consume)
+
+    async def _consume(self, stream: StreamT) -> None:
+        processor = await self._processor()
+        # take_events is on faust.Stream but missing from its StreamT interface.
+        batches = cast(faust.Stream, stream).take_events(self._max_batch, within=self._max_wait_s)
+        async for events in batches:
+            for event in events:
+                event.message.incref()
+            await self._handle(stream, processor, events)
+
+    async def _handle(self, stream: StreamT, processor: SuggestionProcessor, events: Sequence[EventT]) -> None:
+        received_at = datetime.now(timezone.utc)
+        batch = [
+            Inbound(
+                topic=e.message.topic,
+                partition=e.message.partition,
+                offset=e.message.offset,
+                key=e.message.key,
+                value=e.message.value or b"",
+                received_at=received_at,
+            )
+            for e in events
+        ]
+        outcomes = await processor.process(batch)
+        deliveries = [asyncio.ensure_future(self._publish(outcome)) for outcome in outcomes]
+        try:
+            for event, delivered in zip(events, deliveries, strict=True):
+                await delivered
+                await stream.ack(event)
+        finally:
+            for delivery in deliveries:
+                delivery.cancel()
+
+    async def _publish(self, outcome: Outbound) -> None:
+        """Send and wait for the broker's confirmation, retrying until it comes.
+
+        While the broker is down the batch waits here, unacknowledged: the worker resumes
+        when it returns instead of dropping or committing anything.
+        """
+        topic = self._outputs[outcome.topic]
+        delay = 0.5
+        while True:
+            try:
+                pending = await topic.send(key=outcome.key, value=outcome.value)
+                await pending
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("publish to %s failed (%r); retrying in %.1fs", outcome.topic, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, PUBLISH_BACKOFF_MAX_S)

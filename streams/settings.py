@@ -1,0 +1,138 @@
+"""The one settings object: every knob is an environment variable prefixed ``TAGSTREAM_``.
+
+Nested groups use a double underscore, e.g. ``TAGSTREAM_FETCH__MAX_BYTES``. The README's
+settings table is generated from these fields' descriptions (``tagstream settings``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inference.config import ModelConfig, PipelineConfig, SearchConfig
+
+
+class TopicSettings(BaseModel):
+    uploads: str = Field("image-uploaded", description="Input topic of ImageUploaded events.")
+    suggestions: str = Field("tag-suggestions", description="Output topic of TagSuggestions events.")
+    dead_letters: str = Field(
+        "image-uploaded.dlq", description="Dead-letter topic: every event that could not be processed, with its reason."
+    )
+    partitions: int = Field(1, description="Partitions used when the worker creates missing topics.")
+
+
+class FetchSettings(BaseModel):
+    allow_private_networks: bool = Field(
+        False,
+        description="Allow image URLs on loopback/private/link-local addresses (SSRF guard off; for tests and demos only).",
+    )
+    max_bytes: int = Field(20 * 1024 * 1024, description="Largest image download accepted, in bytes.")
+    max_pixels: int = Field(
+        40_000_000, description="Largest decoded image accepted, in pixels (decompression-bomb guard)."
+    )
+    max_redirects: int = Field(
+        3, description="Redirects followed per image, each re-checked against the address rules."
+    )
+    connect_timeout_s: float = Field(5.0, description="TCP/TLS connect timeout per image request.")
+    read_timeout_s: float = Field(15.0, description="Overall deadline per image download.")
+    max_concurrency: int = Field(16, description="Image downloads in flight at once per worker.")
+    attempts: int = Field(
+        3, description="Attempts for a transient fetch error (timeout, 5xx, 429) before dead-lettering."
+    )
+    backoff_s: float = Field(0.5, description="First retry delay for transient fetch errors; doubles per attempt.")
+    cache_images: int = Field(
+        256, description="Decoded images kept in memory by URL (source images repeat across uploads)."
+    )
+
+
+class ModelSettings(BaseModel):
+    detector: str = Field("yolo26n.pt", description="YOLO checkpoint path or Ultralytics model name.")
+    embedder: str = Field(
+        "openai/clip-vit-base-patch32", description="CLIP model id or local directory (save_pretrained layout)."
+    )
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or auto.")
+    precision: str = Field("fp32", description="fp32, bf16 (CPU or GPU) or fp16 (GPU only).")
+    torch_threads: int | None = Field(
+        None, description="torch intra-op threads; default: all cores available to the process."
+    )
+    version: str = Field(
+        "", description="Model version stamped on suggestions (lineage); default: derived from the model names."
+    )
+    offline: bool = Field(
+        False,
+        description="Use random-init models of the real architectures (built into cache_dir) instead of pretrained weights.",
+    )
+
+
+class SearchSettings(BaseModel):
+    similarity_threshold: float = Field(
+        0.75, description="Default CLIP cosine needed for a CLIP-only match (events may override)."
+    )
+    detection_confidence: float = Field(
+        0.10, description="YOLO confidence for candidate regions (low: more candidates)."
+    )
+    max_windows: int = Field(96, description="Sliding windows embedded per target image, all tag sizes together.")
+    min_standout: float = Field(
+        3.0, description="Robust z-score the best CLIP window needs above the image's other windows."
+    )
+    textured_clip_threshold: float = Field(
+        0.9, description="CLIP cosine needed when a textured source was not confirmed geometrically."
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TAGSTREAM_", env_nested_delimiter="__", extra="ignore")
+
+    broker: str = Field(
+        "kafka://127.0.0.1:9092", description="Kafka bootstrap URL(s), e.g. kafka://host:9092;host2:9092."
+    )
+    app_id: str = Field("tagstream", description="Faust app id: the consumer group of the suggestion workers.")
+    max_batch: int = Field(8, description="Micro-batch size: events taken from the stream at once.")
+    max_wait_s: float = Field(0.2, description="Longest wait to fill a micro-batch before processing what arrived.")
+    pipeline_attempts: int = Field(
+        2, description="Attempts for an event whose inference raises before it is dead-lettered."
+    )
+    session_timeout_s: float = Field(10.0, description="Kafka consumer session timeout.")
+    web_port: int = Field(6066, description="Port of the worker's web server (HTTP API, health, metrics).")
+    web_host: str = Field("127.0.0.1", description="Bind address of the worker's web server.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "tagstream", description="Where offline models and other caches live."
+    )
+    pipeline_factory: str = Field(
+        "",
+        description="Optional 'module:function' returning a Pipeline-like object (plugins, fault injection in tests).",
+    )
+    log_level: str = Field("info", description="Log level of the worker.")
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+
+    def pipeline_config(self) -> PipelineConfig:
+        """The inference library's view of these settings (it never reads the environment)."""
+        models = self.models
+        detector, embedder = models.detector, models.embedder
+        if models.offline:
+            from inference.offline_models import build_offline_models
+
+            built = build_offline_models(self.cache_dir / "models")
+            detector, embedder = str(built.detector), str(built.embedder)
+        return PipelineConfig(
+            models=ModelConfig(
+                detector=detector,
+                embedder=embedder,
+                device=models.device,
+                precision=models.precision,
+                torch_threads=models.torch_threads,
+                version=models.version,
+            ),
+            search=SearchConfig(
+                similarity_threshold=self.search.similarity_threshold,
+                detection_confidence=self.search.detection_confidence,
+                max_windows=self.search.max_windows,
+                min_standout=self.search.min_standout,
+                textured_clip_threshold=self.search.textured_clip_threshold,
+            ),
+        )
