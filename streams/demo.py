@@ -19,22 +19,11 @@ from typing import Any
 
 from inference.types import BBox
 from streams.broker import EmbeddedBroker, free_port
-from streams.demo_scenes import DemoSet, make_demo_set
+from inference.scenes import DemoSet, make_demo_set
 from streams.image_server import ImageServer
 from streams.kafka_io import produce_uploads, read_topic
+from streams.pretrained import with_available_models
 from streams.settings import Settings
-
-
-def pretrained_available(settings: Settings) -> bool:
-    """True when both default models can be loaded without a download."""
-    from huggingface_hub import try_to_load_from_cache
-
-    embedder = settings.models.embedder
-    embedder_ok = Path(embedder, "config.json").exists() or isinstance(
-        try_to_load_from_cache(embedder, "config.json"), str
-    )
-    detector_ok = Path(settings.models.detector).exists()
-    return embedder_ok and detector_ok
 
 
 def demo_uploads(demo: DemoSet, server: ImageServer) -> list[dict[str, Any]]:
@@ -57,8 +46,7 @@ def demo_uploads(demo: DemoSet, server: ImageServer) -> list[dict[str, Any]]:
 
 
 def run_demo(port: int, seed: int, exit_after_demo: bool) -> int:
-    settings = Settings()
-    offline = settings.models.offline or not pretrained_available(settings)
+    settings, offline = with_available_models(Settings())
     if offline:
         print(
             "NOTE: pretrained weights are not available here (no internet to download them), so this demo uses\n"
@@ -72,7 +60,7 @@ def run_demo(port: int, seed: int, exit_after_demo: bool) -> int:
     demo.write_png(work / "images")
     with EmbeddedBroker(broker_port, log_path=work / "broker.log") as broker, ImageServer(work / "images") as server:
         print(f"broker: {broker.url}   images: http://127.0.0.1:{server.port}/   logs: {work}", flush=True)
-        worker = _start_worker(broker, settings, offline, work / "worker.log")
+        worker = _start_worker(broker, offline, work / "worker.log")
         try:
             uploads = demo_uploads(demo, server)
             _write_example(work / "my-uploads.jsonl", uploads[0])
@@ -98,13 +86,13 @@ def _port_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _start_worker(broker: EmbeddedBroker, settings: Settings, offline: bool, log: Path) -> subprocess.Popen[bytes]:
+def _start_worker(broker: EmbeddedBroker, offline: bool, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "TAGSTREAM_BROKER": broker.url,
         # The demo's images are served from loopback, which the SSRF guard refuses by default.
         "TAGSTREAM_FETCH__ALLOW_PRIVATE_NETWORKS": "true",
-        "TAGSTREAM_MODELS__OFFLINE": "true" if offline else str(settings.models.offline).lower(),
+        "TAGSTREAM_MODELS__OFFLINE": str(offline).lower(),
     }
     with log.open("wb") as handle:
         return subprocess.Popen(

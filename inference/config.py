@@ -1,0 +1,77 @@
+"""Pipeline configuration as plain values, so the library never reads the environment itself.
+
+The stream processor's settings object builds one of these; tests and tools build their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from inference.geometry import GeometryConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where the models come from and how they run.
+
+    ``detector`` is anything ``ultralytics.YOLO`` accepts (a checkpoint path or a known name
+    such as ``yolo26n.pt``); ``embedder`` is a Hugging Face model id or a local directory saved
+    with ``save_pretrained``.
+    """
+
+    detector: str = "yolo26n.pt"
+    embedder: str = "openai/clip-vit-base-patch32"
+    device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 only on CUDA)
+    torch_threads: int | None = None
+    version: str = ""
+
+    @property
+    def model_version(self) -> str:
+        """Lineage key stamped on every suggestion; a new model means a new version."""
+        return self.version or f"{_short(self.detector)}+{_short(self.embedder)}"
+
+
+def _short(name: str) -> str:
+    return name.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How CLIP candidates are generated and when a CLIP match counts.
+
+    The thresholds exist for different reasons: ``similarity_threshold`` is the reference
+    service's absolute cut-off; ``min_standout`` requires the best window to stand out from
+    the other windows of the same image (look-alike background and untrained networks give
+    uniformly high cosines, a real match is an outlier); ``min_local_support`` and
+    ``min_local_share`` ask a textured product found by CLIP alone for that many descriptor
+    matches inside the CLIP box, and that share of all its matches, because a product that is
+    really there, even deformed, shares local features with its source photo in one place.
+    """
+
+    similarity_threshold: float = 0.75
+    detection_confidence: float = 0.10
+    detection_padding: float = 0.10
+    window_scales: tuple[float, ...] = (0.75, 1.0, 1.33)
+    window_overlap: float = 0.5
+    max_windows: int = 96
+    refine_top_k: int = 2
+    refine_scales: tuple[float, ...] = (0.85, 1.0, 1.15)
+    refine_shift: float = 0.15
+    min_standout: float = 3.0
+    min_local_support: int = 8
+    # ... and that many must be at least this share of all its matches in the image: chance
+    # matches scatter, a present product's matches concentrate in its footprint.
+    min_local_share: float = 0.5
+    # A source box with at least this many keypoints (over all simulated views) is "textured":
+    # local features can speak for it, so CLIP alone is not trusted without local support.
+    textured_min_keypoints: int = 40
+    embed_batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    models: ModelConfig = field(default_factory=ModelConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    source_cache_size: int = 4096

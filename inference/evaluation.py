@@ -1,0 +1,476 @@
+"""Scores a box locator on real photographs described by a ``cases.json`` (eval-dev format).
+
+A pure library: the command line wraps it elsewhere. The locator is a plain batched callable, so
+the geometry alone (`geometric_locator`) and the full pipeline are measured by the same code.
+
+Three kinds of items are built from the cases:
+
+* positive: every box of a case with ground truth; scored by IoU against ``target_box``.
+* negative: a source box paired with a target photo of another scene; any "found" is a false
+  positive. Without them a locator that always answers would look perfect.
+* qualitative: boxes of cases without ground truth; run so their answers can be inspected,
+  never scored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from inference.geometry import GeometricVerifier, GeometryConfig, SourceFeatures, TargetFeatures
+from inference.types import BBox, RGBImage
+
+ItemKind = Literal["positive", "negative", "qualitative"]
+ProgressCallback = Callable[[int, int], None]
+"""Called after every batch with (items done, items total)."""
+
+IOU_SUCCESS = 0.5
+
+
+@dataclass(frozen=True)
+class CaseBox:
+    box_id: str
+    source_box: BBox
+    target_box: BBox | None
+    trivial_baseline_iou: float | None
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One (source photo, target photo) pair with its boxes; image paths are absolute."""
+
+    case_id: str
+    dataset: str
+    sequence: str
+    source_path: Path
+    target_path: Path
+    has_ground_truth: bool
+    boxes: tuple[CaseBox, ...]
+
+    @property
+    def sequence_key(self) -> str:
+        """Photos of one scene share this key; negatives must come from a different key."""
+        return f"{self.dataset}/{self.sequence}"
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One question for the locator plus its expected answer; images are referenced by path."""
+
+    item_id: str
+    kind: ItemKind
+    case_id: str
+    box_id: str
+    sequence: str
+    source_path: Path
+    source_box: BBox
+    target_path: Path
+    target_box: BBox | None
+    trivial_baseline_iou: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class EvalQuery:
+    """What a locator sees: no ground truth. Keys identify images for caching (decoded once)."""
+
+    item_id: str
+    case_id: str
+    box_id: str
+    source_key: str
+    source_image: RGBImage
+    source_box: BBox
+    target_key: str
+    target_image: RGBImage
+
+
+@dataclass(frozen=True)
+class EvalAnswer:
+    found: bool
+    bbox: BBox | None
+    confidence: float
+
+
+Locator = Callable[[list[EvalQuery]], list[EvalAnswer]]
+"""Answers a batch of queries, in order. Every batch the evaluator sends shares one target image."""
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def load_cases(cases_json: Path) -> list[EvalCase]:
+    """Cases in file order; image paths in the file are relative to its folder."""
+    root = cases_json.resolve().parent
+    data = json.loads(cases_json.read_text(encoding="utf-8"))
+    return [_parse_case(raw, root) for raw in data["cases"]]
+
+
+def _parse_case(raw: dict[str, Any], root: Path) -> EvalCase:
+    has_truth = bool(raw["has_ground_truth"])
+    return EvalCase(
+        case_id=str(raw["case_id"]),
+        dataset=str(raw["dataset"]),
+        sequence=str(raw["sequence"]),
+        source_path=root / str(raw["source_image"]),
+        target_path=root / str(raw["target_image"]),
+        has_ground_truth=has_truth,
+        boxes=tuple(_parse_box(box, has_truth) for box in raw["boxes"]),
+    )
+
+
+def _parse_box(raw: dict[str, Any], has_truth: bool) -> CaseBox:
+    source = BBox(*(float(v) for v in raw["source_box"]))
+    target = BBox(*(float(v) for v in raw["target_box"])) if has_truth else None
+    trivial = raw.get("trivial_baseline_iou")
+    if trivial is None and target is not None:
+        trivial = source.iou(target)
+    return CaseBox(str(raw["box_id"]), source, target, None if trivial is None else float(trivial))
+
+
+def load_image(path: Path) -> RGBImage:
+    """RGB uint8 (H, W, 3) whatever the file holds (grey, palette, alpha)."""
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
+class ImageStore:
+    """Decodes every image once per evaluation; queries share the same arrays."""
+
+    def __init__(self) -> None:
+        self._images: dict[Path, RGBImage] = {}
+
+    def get(self, path: Path) -> RGBImage:
+        if path not in self._images:
+            self._images[path] = load_image(path)
+        return self._images[path]
+
+
+# ------------------------------------------------------------------------------------------ items
+
+
+def positive_items(cases: Iterable[EvalCase]) -> list[EvalItem]:
+    return [
+        _item(f"pos:{case.case_id}:{box.box_id}", "positive", case, box, case.target_path, box.target_box)
+        for case in cases
+        if case.has_ground_truth
+        for box in case.boxes
+    ]
+
+
+def qualitative_items(cases: Iterable[EvalCase]) -> list[EvalItem]:
+    return [
+        _item(f"qual:{case.case_id}:{box.box_id}", "qualitative", case, box, case.target_path, None)
+        for case in cases
+        if not case.has_ground_truth
+        for box in case.boxes
+    ]
+
+
+def negative_items(cases: Sequence[EvalCase]) -> list[EvalItem]:
+    """Every source box against one target photo of every other scene (sequence key).
+
+    Rule: the case at position i of its sequence (file order) takes, from each other sequence with
+    n cases, the target of that sequence's case at position i mod n. Pairs already asked (same
+    source image, box and target image) and target photos that also belong to the source's own
+    sequence are skipped. This is deterministic, visits every target image, and grows like
+    boxes x sequences rather than boxes x cases (eval-dev: 258 negatives). Cases without ground
+    truth take part: a negative needs no box, only a different scene.
+    """
+    by_sequence: dict[str, list[EvalCase]] = {}
+    for case in cases:
+        by_sequence.setdefault(case.sequence_key, []).append(case)
+    own_photos = {
+        key: {path for case in group for path in (case.source_path, case.target_path)}
+        for key, group in by_sequence.items()
+    }
+    items: list[EvalItem] = []
+    asked: set[tuple[Path, BBox, Path]] = set()
+    for case in cases:
+        position = by_sequence[case.sequence_key].index(case)
+        for key, others in by_sequence.items():
+            other = others[position % len(others)]
+            if key == case.sequence_key or other.target_path in own_photos[case.sequence_key]:
+                continue
+            for box in case.boxes:
+                pair = (case.source_path, box.source_box, other.target_path)
+                if pair not in asked:
+                    asked.add(pair)
+                    item_id = f"neg:{case.case_id}:{box.box_id}->{other.case_id}"
+                    items.append(_item(item_id, "negative", case, box, other.target_path, None))
+    return items
+
+
+def build_items(cases: Sequence[EvalCase]) -> list[EvalItem]:
+    return positive_items(cases) + qualitative_items(cases) + negative_items(cases)
+
+
+def _item(
+    item_id: str, kind: ItemKind, case: EvalCase, box: CaseBox, target_path: Path, target_box: BBox | None
+) -> EvalItem:
+    return EvalItem(
+        item_id=item_id,
+        kind=kind,
+        case_id=case.case_id,
+        box_id=box.box_id,
+        sequence=case.sequence_key,
+        source_path=case.source_path,
+        source_box=box.source_box,
+        target_path=target_path,
+        target_box=target_box,
+        trivial_baseline_iou=box.trivial_baseline_iou if kind == "positive" else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    item: EvalItem
+    answer: EvalAnswer
+
+    @property
+    def iou(self) -> float:
+        """IoU with the ground truth; a miss or a positive answered without a box scores 0."""
+        if self.item.target_box is None or not self.answer.found or self.answer.bbox is None:
+            return 0.0
+        return self.answer.bbox.iou(self.item.target_box)
+
+    @property
+    def success(self) -> bool:
+        return self.iou >= IOU_SUCCESS
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Scores of a group of results; None where the group has nothing to score."""
+
+    boxes: int
+    recall_iou50: float | None
+    mean_iou: float | None  # over found positives: how precise the returned boxes are
+    mean_iou_all: float | None  # misses count 0: the number comparable with the trivial baseline
+    trivial_baseline_iou: float | None
+    negatives: int
+    false_positives: int
+    false_positive_rate: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "boxes": self.boxes,
+            "recall_iou50": _round(self.recall_iou50),
+            "mean_iou": _round(self.mean_iou),
+            "mean_iou_all": _round(self.mean_iou_all),
+            "trivial_baseline_iou": _round(self.trivial_baseline_iou),
+            "negatives": self.negatives,
+            "false_positives": self.false_positives,
+            "false_positive_rate": _round(self.false_positive_rate),
+        }
+
+
+def compute_metrics(results: Iterable[ItemResult]) -> Metrics:
+    results = list(results)
+    positives = [r for r in results if r.item.kind == "positive"]
+    negatives = [r for r in results if r.item.kind == "negative"]
+    found = [r for r in positives if r.answer.found and r.answer.bbox is not None]
+    trivial = [r.item.trivial_baseline_iou for r in positives if r.item.trivial_baseline_iou is not None]
+    false_positives = sum(r.answer.found for r in negatives)
+    return Metrics(
+        boxes=len(positives),
+        recall_iou50=_mean([float(r.success) for r in positives]),
+        mean_iou=_mean([r.iou for r in found]),
+        mean_iou_all=_mean([r.iou for r in positives]),
+        trivial_baseline_iou=_mean(trivial),
+        negatives=len(negatives),
+        false_positives=false_positives,
+        false_positive_rate=false_positives / len(negatives) if negatives else None,
+    )
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    overall: Metrics
+    per_sequence: dict[str, Metrics]
+    results: list[ItemResult]
+    seconds: float
+
+    @property
+    def cases(self) -> list[dict[str, Any]]:
+        return _case_rows(self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        overall = self.overall.to_json()
+        return {
+            "recall_iou50": overall.pop("recall_iou50"),
+            "mean_iou": overall.pop("mean_iou"),
+            "false_positive_rate": overall.pop("false_positive_rate"),
+            **overall,
+            "per_sequence": {key: metrics.to_json() for key, metrics in self.per_sequence.items()},
+            "cases": self.cases,
+            "qualitative": [_result_row(r) for r in self.results if r.item.kind == "qualitative"],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _case_rows(results: Sequence[ItemResult]) -> list[dict[str, Any]]:
+    """One row per case with scored items: its boxes, and the negatives asked with its boxes."""
+    by_case: dict[str, list[ItemResult]] = {}
+    for result in results:
+        if result.item.kind != "qualitative":
+            by_case.setdefault(result.item.case_id, []).append(result)
+    rows = []
+    for case_id, case_results in by_case.items():
+        metrics = compute_metrics(case_results)
+        rows.append(
+            {
+                "case_id": case_id,
+                "sequence": case_results[0].item.sequence,
+                **metrics.to_json(),
+                "box_results": [_result_row(r) for r in case_results if r.item.kind == "positive"],
+                "false_positive_ids": [
+                    r.item.item_id for r in case_results if r.item.kind == "negative" and r.answer.found
+                ],
+            }
+        )
+    return rows
+
+
+def _result_row(result: ItemResult) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "box_id": result.item.box_id,
+        "found": result.answer.found,
+        "confidence": round(result.answer.confidence, 4),
+        "bbox": _box_json(result.answer.bbox),
+    }
+    if result.item.kind == "positive":
+        row.update(
+            iou=round(result.iou, 4),
+            target_box=_box_json(result.item.target_box),
+            trivial_baseline_iou=_round(result.item.trivial_baseline_iou),
+        )
+    return row
+
+
+def _box_json(box: BBox | None) -> list[float] | None:
+    return None if box is None else [round(box.x, 2), round(box.y, 2), round(box.width, 2), round(box.height, 2)]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+# -------------------------------------------------------------------------------------- evaluator
+
+
+class Evaluator:
+    """Runs a locator over items in batches that share a target image, then scores the answers.
+
+    Batches mirror a real upload (one target photo, many tags), so a pipeline extracts target
+    features once per batch.
+    """
+
+    def __init__(self, locate: Locator, *, batch_size: int = 16, progress: ProgressCallback | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.locate = locate
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def run(self, items: Sequence[EvalItem]) -> EvalReport:
+        started = time.perf_counter()
+        images = ImageStore()
+        results: list[ItemResult] = []
+        for batch in self._batches(items):
+            queries = [_query(item, images) for item in batch]
+            answers = self.locate(queries)
+            if len(answers) != len(queries):
+                raise ValueError(f"locator returned {len(answers)} answers for {len(queries)} queries")
+            results.extend(ItemResult(item, answer) for item, answer in zip(batch, answers, strict=True))
+            if self.progress is not None:
+                self.progress(len(results), len(items))
+        return EvalReport(
+            overall=compute_metrics(results),
+            per_sequence=_per_sequence(results),
+            results=results,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _batches(self, items: Sequence[EvalItem]) -> list[list[EvalItem]]:
+        by_target: dict[Path, list[EvalItem]] = {}
+        for item in items:
+            by_target.setdefault(item.target_path, []).append(item)
+        return [
+            group[start : start + self.batch_size]
+            for group in by_target.values()
+            for start in range(0, len(group), self.batch_size)
+        ]
+
+
+def evaluate(
+    cases_json: Path, locate: Locator, *, batch_size: int = 16, progress: ProgressCallback | None = None
+) -> EvalReport:
+    """Loads the cases, builds positive, qualitative and negative items, and scores ``locate``."""
+    items = build_items(load_cases(cases_json))
+    return Evaluator(locate, batch_size=batch_size, progress=progress).run(items)
+
+
+def _per_sequence(results: Sequence[ItemResult]) -> dict[str, Metrics]:
+    """Negatives count for the sequence of their source box: the product that must not be found."""
+    groups: dict[str, list[ItemResult]] = {}
+    for result in results:
+        if result.item.kind != "qualitative":
+            groups.setdefault(result.item.sequence, []).append(result)
+    return {key: compute_metrics(group) for key, group in groups.items()}
+
+
+def _query(item: EvalItem, images: ImageStore) -> EvalQuery:
+    return EvalQuery(
+        item_id=item.item_id,
+        case_id=item.case_id,
+        box_id=item.box_id,
+        source_key=str(item.source_path),
+        source_image=images.get(item.source_path),
+        source_box=item.source_box,
+        target_key=str(item.target_path),
+        target_image=images.get(item.target_path),
+    )
+
+
+# ------------------------------------------------------------------------------ geometry locator
+
+
+def geometric_locator(config: GeometryConfig | None = None) -> Locator:
+    """A locator using local-feature geometry alone, to measure that stage on its own.
+
+    Target features are computed once per distinct target image and source features once per
+    (source image, box), as a service would cache them.
+    """
+    verifier = GeometricVerifier(config)
+    targets: dict[str, TargetFeatures] = {}
+    sources: dict[tuple[str, BBox], SourceFeatures] = {}
+
+    def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
+        answers = []
+        for query in queries:
+            if query.target_key not in targets:
+                targets[query.target_key] = verifier.target_features(query.target_image)
+            source_key = (query.source_key, query.source_box)
+            if source_key not in sources:
+                sources[source_key] = verifier.source_features(query.source_image, query.source_box)
+            match = verifier.verify(sources[source_key], targets[query.target_key], query.source_box)
+            if match is None:
+                answers.append(EvalAnswer(found=False, bbox=None, confidence=0.0))
+            else:
+                answers.append(EvalAnswer(found=True, bbox=match.bbox, confidence=match.confidence))
+        return answers
+
+    return locate

@@ -1,0 +1,109 @@
+"""How the geometric and the CLIP signals become one verdict per tag.
+
+The rule, in order:
+
+1. **Geometry confirms** — local features of the source box map onto the target through a
+   homography that passes the verifier's sanity checks. Then the product is there and the
+   projected box is its place: ``method="geometric"``, ``confidence`` = the verifier's
+   confidence. This also *corrects* a CLIP box: the geometric box wins whenever both exist.
+2. **CLIP alone** — no geometric confirmation, but the best CLIP window reaches the similarity
+   threshold *and* stands out from the other windows of the same image. For a textured source
+   (enough keypoints for local features to speak) that is not enough: at least
+   ``min_local_support`` descriptor matches, and ``min_local_share`` of all its matches in the
+   image, must land inside the CLIP box. That is the
+   geometric *veto*, phrased so that deformable textured products (clothes, bags), whose
+   matches no rigid model explains, can still be found by CLIP. It is also what keeps a model
+   with meaningless similarities (random weights) from inventing products.
+3. Otherwise not found: ``confidence`` is the best CLIP similarity seen, ``bbox`` is null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from inference.config import SearchConfig
+from inference.types import BBox, Detection, TagMatch
+
+METHOD_GEOMETRIC = "geometric"
+METHOD_CLIP = "clip"
+METHOD_NONE = "none"
+
+
+@dataclass(frozen=True)
+class ClipEvidence:
+    bbox: BBox
+    similarity: float
+    standout: float
+    local_support: int = 0
+    local_share: float = 0.0
+
+
+@dataclass(frozen=True)
+class GeometricEvidence:
+    bbox: BBox
+    confidence: float
+
+
+def decide(
+    product_id: str,
+    threshold: float,
+    clip: ClipEvidence | None,
+    geometric: GeometricEvidence | None,
+    source_textured: bool,
+    detections: Sequence[Detection],
+    search: SearchConfig,
+) -> TagMatch:
+    if geometric is not None:
+        return TagMatch(
+            product_id=product_id,
+            found=True,
+            confidence=round(geometric.confidence, 4),
+            bbox=geometric.bbox,
+            detected_class=detected_class(geometric.bbox, detections),
+            method=METHOD_GEOMETRIC,
+        )
+    if clip is not None and _clip_accepts(clip, threshold, source_textured, search):
+        return TagMatch(
+            product_id=product_id,
+            found=True,
+            confidence=round(clip.similarity, 4),
+            bbox=clip.bbox,
+            detected_class=detected_class(clip.bbox, detections),
+            method=METHOD_CLIP,
+        )
+    return TagMatch(
+        product_id=product_id,
+        found=False,
+        confidence=round(clip.similarity, 4) if clip is not None else 0.0,
+        bbox=None,
+        detected_class=None,
+        method=METHOD_NONE,
+    )
+
+
+def _clip_accepts(clip: ClipEvidence, threshold: float, source_textured: bool, search: SearchConfig) -> bool:
+    supported = not source_textured or (
+        clip.local_support >= search.min_local_support and clip.local_share >= search.min_local_share
+    )
+    return supported and clip.similarity >= threshold and clip.standout >= search.min_standout
+
+
+def detected_class(box: BBox, detections: Sequence[Detection], min_iou: float = 0.5) -> str | None:
+    """The class of the detection that best overlaps the suggested box, if any overlaps enough."""
+    best = max(detections, key=lambda d: d.bbox.iou(box), default=None)
+    return best.class_name if best is not None and best.bbox.iou(box) >= min_iou else None
+
+
+def standout(best: float, others: Sequence[float]) -> float:
+    """How many robust standard deviations the best score sits above the other candidates.
+
+    Median and MAD rather than mean and std: a few near-duplicates of the match (overlapping
+    windows) must not mask it. The 0.01 floor keeps a flat score field from dividing by ~0.
+    """
+    if not others:
+        return float("inf")
+    ordered = sorted(others)
+    median = ordered[len(ordered) // 2]
+    mad = sorted(abs(v - median) for v in ordered)[len(ordered) // 2]
+    return (best - median) / max(1.4826 * mad, 0.01)

@@ -1,0 +1,545 @@
+"""Local-feature geometric verification: is the tagged region of the source photo in the target photo?
+
+Appearance models (detector classes, embeddings) say "something similar"; only a geometric model
+fitted to many local correspondences says "this very object, here". A plane model (homography, or
+an affine map when correspondences are few) also gives the object's box in the target by
+projecting the source box, following rotation, zoom and perspective.
+
+Cost model: an upload has one target image and many tags, so target features are extracted once
+(`GeometricVerifier.target_features`) and shared by every tag. Source features depend on
+(source image, box) only, so callers cache them across uploads; they are the expensive side
+(simulated viewpoints, see `GeometryConfig.source_tilts`), which keeps per-tag matching cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from inference.types import BBox, RGBImage
+
+FloatArray = npt.NDArray[np.float32]
+DoubleArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+IndexArray = npt.NDArray[np.intp]
+GrayImage = npt.NDArray[np.uint8]
+
+FeatureType = Literal["sift", "rootsift"]
+ModelType = Literal["homography", "affine"]
+
+# MAGSAC++ (OpenCV >= 4.5) marginalises over the noise scale, so it is less sensitive to the
+# threshold than plain RANSAC and more stable at low inlier ratios; RANSAC keeps old builds working.
+_HOMOGRAPHY_METHOD: int = getattr(cv2, "USAC_MAGSAC", cv2.RANSAC)
+_DESCRIPTOR_SIZE = 128
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    """Every threshold of the verifier; each follows from a general argument, none from a test case."""
+
+    # RootSIFT (Arandjelovic & Zisserman 2012) compares SIFT histograms with the Hellinger kernel,
+    # which a few large bins dominate less: more correct matches under light and blur changes.
+    feature: FeatureType = "rootsift"
+    # Images are downscaled so that their long side is at most this: SIFT time grows with pixels,
+    # while a product in a ~1 megapixel photo keeps enough detail to be matched.
+    max_side: int = 1024
+    # Keypoint budget of a whole target image: dozens of keypoints even on a product covering
+    # 1/20 of the frame, while matching a tag stays in the tens of milliseconds on a CPU.
+    max_target_keypoints: int = 4000
+    # Keypoint budget of one source view (the box and each simulated viewpoint of it).
+    max_source_keypoints: int = 1500
+    # SIFT's own detection threshold (OpenCV default): lower finds more, but noisier, keypoints.
+    contrast_threshold: float = 0.04
+    # Context kept around the source box, as a fraction of its longer side: keypoints near the box
+    # border need their neighbourhood for a faithful descriptor, and SIFT skips image borders.
+    source_margin: float = 0.25
+    # Simulated camera tilts of the source box (ASIFT, Morel & Yu 2009): SIFT tolerates ~40 degrees
+    # of viewpoint change; views squeezed by t = sqrt(2), 2, 2 sqrt(2) (45, 60, 69 degrees) at
+    # 72/t-degree steps let the same photo match far more oblique shots of the product.
+    source_tilts: tuple[float, ...] = (math.sqrt(2.0), 2.0, 2.0 * math.sqrt(2.0))
+    # Simulated views are rendered with this long side at most: they serve oblique targets where
+    # the product is foreshortened, so fine detail is of little use, and this bounds their cost.
+    tilt_max_side: int = 512
+    # Lowe's ratio test: the nearest target descriptor must be clearly closer than the second.
+    # 0.8 is Lowe's operating point (drops ~90% of false and ~5% of correct matches).
+    lowe_ratio: float = 0.8
+    # Inlier threshold of the robust fit in pixels at working resolution (scaled to original pixels):
+    # SIFT localises to ~1 px; the rest absorbs objects that are not perfectly planar.
+    ransac_threshold: float = 4.0
+    # Stop sampling once the best model is found with this probability; the iteration cap bounds
+    # the time spent on hopeless match sets (unrelated photos), where the stopping rule never fires.
+    ransac_confidence: float = 0.999
+    ransac_max_iters: int = 5000
+    # A homography has 8 degrees of freedom: with fewer matches than this its 4-point samples fit
+    # noise too easily, so an affine map (6 DOF, a good local approximation) is fitted instead.
+    min_homography_matches: int = 12
+    # Accept a model only with this many distinct inliers. Measured on pairs of unrelated photos, the
+    # best model that passes the sanity rules below collects at most ~4, so 8 leaves a factor of two.
+    min_inliers: int = 8
+    # Inliers are counted as distinct positions on a grid of this many working pixels: SIFT emits
+    # one keypoint per dominant orientation and simulated views repeat points, and such duplicates
+    # must not pass as independent evidence.
+    distinct_cell: float = 2.0
+    # Allowed change of the box's share of its image area: beyond 30x (5.5x linear) the model
+    # nearly always comes from a degenerate sample (a collapsed or exploding quad).
+    max_area_change: float = 30.0
+    # Largest ratio between the projective depths of the box corners: beyond 4 the object would be
+    # seen so obliquely that local features no longer match anyway.
+    max_depth_ratio: float = 4.0
+    # The projected box must lie mostly inside the target: matches inside the frame cannot
+    # support an object that is mostly outside it.
+    min_inside_fraction: float = 0.5
+    # The inliers' convex hull must cover this share of the box: a model supported by one small
+    # patch (a logo corner, one text line) extrapolates the rest of the box unreliably.
+    min_inlier_spread: float = 0.04
+
+
+@dataclass(frozen=True, eq=False)
+class TargetFeatures:
+    """Keypoints (Nx2 float32, original pixels) and unit descriptors of one whole target image."""
+
+    keypoints: FloatArray
+    descriptors: FloatArray
+    width: int
+    height: int
+    scale: float  # working pixels per original pixel, <= 1
+
+
+@dataclass(frozen=True, eq=False)
+class SourceFeatures:
+    """Keypoints (original pixels) inside ``box`` of a source image, from every simulated view."""
+
+    keypoints: FloatArray
+    descriptors: FloatArray
+    box: BBox
+    image_width: int
+    image_height: int
+    scale: float  # working pixels per original pixel of the frontal view, <= 1
+
+
+@dataclass(frozen=True, eq=False)
+class Correspondences:
+    """Matched keypoint pairs, original pixel coordinates: ``source[i]`` matches ``target[i]``."""
+
+    source: DoubleArray
+    target: DoubleArray
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def count_inside(self, box: BBox) -> int:
+        """Matches landing in ``box`` of the target: local evidence for a candidate found otherwise."""
+        return int(_points_in_box(self.target, box).sum())
+
+    def densest(self, width: float, height: float) -> int:
+        """Most matches inside any ``width`` x ``height`` box centred on a match.
+
+        A product that is really there concentrates its matches in its own footprint; chance
+        matches of an absent product scatter over the whole image.
+        """
+        if len(self.target) == 0:
+            return 0
+        dx = np.abs(self.target[:, None, 0] - self.target[None, :, 0]) <= width / 2
+        dy = np.abs(self.target[:, None, 1] - self.target[None, :, 1]) <= height / 2
+        return int((dx & dy).sum(axis=1).max())
+
+
+@dataclass(frozen=True, eq=False)
+class GeometricMatch:
+    """Where the source box lies in the target, and how strongly the correspondences support it."""
+
+    bbox: BBox  # axis-aligned hull of ``quad``, clipped to the target image
+    quad: DoubleArray  # 4x2 projected box corners: top-left, top-right, bottom-right, bottom-left
+    homography: DoubleArray  # 3x3 source -> target pixels; an affine model has last row (0, 0, 1)
+    model: ModelType
+    matches: int
+    inliers: int  # distinct inlier positions
+    inlier_ratio: float
+    confidence: float
+
+
+class GeometricVerifier:
+    """Matches local features of a source box against a target image and fits a plane model."""
+
+    def __init__(self, config: GeometryConfig | None = None) -> None:
+        self.config = config or GeometryConfig()
+
+    def target_features(self, image: RGBImage) -> TargetFeatures:
+        height, width = image.shape[:2]
+        scale = _working_scale(width, height, self.config.max_side)
+        view = _resize(_to_gray(image), scale, cv2.INTER_AREA)
+        points, descriptors = self._sift(view, None, self.config.max_target_keypoints)
+        return TargetFeatures(_apply(_unscale_map(scale), points), self._normalise(descriptors), width, height, scale)
+
+    def source_features(self, image: RGBImage, box: BBox) -> SourceFeatures:
+        """Features of the box seen frontally and under every simulated tilt, in source pixels."""
+        cfg = self.config
+        height, width = image.shape[:2]
+        x1, y1, x2, y2 = _crop_bounds(box, cfg.source_margin, width, height)
+        crop = _to_gray(image[y1:y2, x1:x2])
+        mask = _box_mask(BBox(box.x - x1, box.y - y1, box.width, box.height), x2 - x1, y2 - y1)
+        scale = _working_scale(x2 - x1, y2 - y1, cfg.max_side)
+        views = [_scaled_view(crop, mask, scale)]
+        if cfg.source_tilts:
+            small_scale = _working_scale(x2 - x1, y2 - y1, min(cfg.max_side, cfg.tilt_max_side))
+            small, small_mask, small_to_crop = _scaled_view(crop, mask, small_scale)
+            for tilt in cfg.source_tilts:
+                for angle in _tilt_angles(tilt):
+                    view, view_mask, to_small = _simulate_tilt(small, small_mask, tilt, angle)
+                    views.append((view, view_mask, _compose(small_to_crop, to_small)))
+        all_points, all_descriptors = [], []
+        for view, view_mask, to_view_crop in views:
+            points, descriptors = self._sift(view, view_mask, cfg.max_source_keypoints)
+            all_points.append(_apply(to_view_crop, points) + np.array([x1, y1], dtype=np.float32))
+            all_descriptors.append(descriptors)
+        points = np.vstack(all_points)
+        # Warped views can place a keypoint a fraction of a pixel outside the box edge.
+        inside = _points_in_box(points, box)
+        descriptors = self._normalise(np.vstack(all_descriptors))
+        return SourceFeatures(points[inside], descriptors[inside], box, width, height, scale)
+
+    def verify(self, source: SourceFeatures, target: TargetFeatures, source_box: BBox) -> GeometricMatch | None:
+        """The target location of ``source_box``, or None when the geometry does not support one.
+
+        ``source_box`` is normally the box ``source`` was extracted for; source keypoints outside it
+        are ignored, so features of a larger region can serve a sub-box.
+        """
+        return self.fit(self.correspondences(source, target, source_box), source, target, source_box)
+
+    def correspondences(self, source: SourceFeatures, target: TargetFeatures, source_box: BBox) -> Correspondences:
+        """Descriptor matches that pass the ratio test, before any geometric model.
+
+        Kept apart from ``fit`` because the matches are evidence on their own: a deformed product
+        (a bag, a shirt) fails every rigid model yet still has many matches inside its box.
+        """
+        inside = _points_in_box(source.keypoints, source_box)
+        src_idx, dst_idx = _match_descriptors(source.descriptors[inside], target.descriptors, self.config.lowe_ratio)
+        return Correspondences(
+            source.keypoints[inside][src_idx].astype(np.float64), target.keypoints[dst_idx].astype(np.float64)
+        )
+
+    def fit(
+        self, matches: Correspondences, source: SourceFeatures, target: TargetFeatures, source_box: BBox
+    ) -> GeometricMatch | None:
+        """The best geometric model of ``matches`` that passes every sanity rule, if any."""
+        cfg = self.config
+        if len(matches.source) < cfg.min_inliers:
+            return None
+        src, dst = matches.source, matches.target
+        threshold = cfg.ransac_threshold / target.scale
+        if len(src) >= cfg.min_homography_matches:
+            found = self._accept(
+                self._fit_homography(src, dst, threshold), "homography", src, dst, source, target, source_box
+            )
+            if found is not None:
+                return found
+        # Few matches, or a homography that failed the sanity rules (e.g. inliers close to a line,
+        # where its perspective terms are unconstrained): the affine model is better conditioned.
+        return self._accept(self._fit_affine(src, dst, threshold), "affine", src, dst, source, target, source_box)
+
+    def _sift(self, gray: GrayImage, mask: GrayImage | None, max_keypoints: int) -> tuple[FloatArray, FloatArray]:
+        detector = cv2.SIFT.create(nfeatures=max_keypoints, contrastThreshold=self.config.contrast_threshold)
+        keypoints, descriptors = detector.detectAndCompute(gray, mask)
+        if descriptors is None or len(keypoints) == 0:
+            return np.zeros((0, 2), np.float32), np.zeros((0, _DESCRIPTOR_SIZE), np.float32)
+        points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
+        return points, np.asarray(descriptors, dtype=np.float32)
+
+    def _normalise(self, descriptors: FloatArray) -> FloatArray:
+        """Unit vectors, so that matching is one matrix product (see `_match_descriptors`)."""
+        if self.config.feature == "rootsift":
+            l1 = np.maximum(np.abs(descriptors).sum(axis=1, keepdims=True), 1e-7)
+            return np.sqrt(descriptors / l1).astype(np.float32)
+        norm = np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-7)
+        return (descriptors / norm).astype(np.float32)
+
+    def _fit_homography(
+        self, src: DoubleArray, dst: DoubleArray, threshold: float
+    ) -> tuple[DoubleArray, BoolArray] | None:
+        cfg = self.config
+        matrix, mask = cv2.findHomography(
+            src, dst, _HOMOGRAPHY_METHOD, threshold, maxIters=cfg.ransac_max_iters, confidence=cfg.ransac_confidence
+        )
+        if matrix is None or mask is None:
+            return None
+        return np.asarray(matrix, dtype=np.float64), np.asarray(mask).ravel().astype(bool)
+
+    def _fit_affine(self, src: DoubleArray, dst: DoubleArray, threshold: float) -> tuple[DoubleArray, BoolArray] | None:
+        cfg = self.config
+        affine, mask = cv2.estimateAffine2D(
+            src,
+            dst,
+            method=cv2.RANSAC,
+            ransacReprojThreshold=threshold,
+            maxIters=cfg.ransac_max_iters,
+            confidence=cfg.ransac_confidence,
+        )
+        if affine is None or mask is None:
+            return None
+        matrix = np.vstack([np.asarray(affine, dtype=np.float64), [0.0, 0.0, 1.0]])
+        return matrix, np.asarray(mask).ravel().astype(bool)
+
+    def _accept(
+        self,
+        fitted: tuple[DoubleArray, BoolArray] | None,
+        model: ModelType,
+        src: DoubleArray,
+        dst: DoubleArray,
+        source: SourceFeatures,
+        target: TargetFeatures,
+        source_box: BBox,
+    ) -> GeometricMatch | None:
+        """The match if the fitted model passes every sanity rule, else None."""
+        cfg = self.config
+        if fitted is None:
+            return None
+        matrix, inlier_mask = fitted
+        inliers = min(
+            _distinct(src[inlier_mask], cfg.distinct_cell / source.scale),
+            _distinct(dst[inlier_mask], cfg.distinct_cell / target.scale),
+        )
+        if inliers < cfg.min_inliers or _hull_area(src[inlier_mask]) < cfg.min_inlier_spread * source_box.area:
+            return None
+        projected = _project(matrix, _box_corners(source_box))
+        if projected is None or not _plausible_quad(*projected, source, target, source_box, cfg):
+            return None
+        quad = projected[0]
+        low, high = quad.min(axis=0), quad.max(axis=0)
+        ratio = inliers / len(src)
+        return GeometricMatch(
+            bbox=BBox.from_xyxy(float(low[0]), float(low[1]), float(high[0]), float(high[1])).clip(
+                target.width, target.height
+            ),
+            quad=quad,
+            homography=matrix / matrix[2, 2] if abs(matrix[2, 2]) > 1e-12 else matrix,
+            model=model,
+            matches=len(src),
+            inliers=inliers,
+            inlier_ratio=ratio,
+            confidence=_confidence(inliers, ratio, cfg.min_inliers),
+        )
+
+
+# ------------------------------------------------------------------------------ image views
+
+
+def _to_gray(image: RGBImage) -> GrayImage:
+    return np.asarray(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY), dtype=np.uint8)
+
+
+def _working_scale(width: int, height: int, max_side: int) -> float:
+    return min(1.0, max_side / max(width, height, 1))
+
+
+def _resize(image: GrayImage, scale: float, interpolation: int) -> GrayImage:
+    """``image`` resized by ``scale`` <= 1 (returned as is at 1)."""
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return np.asarray(cv2.resize(image, size, interpolation=interpolation), dtype=np.uint8)
+
+
+def _scaled_view(crop: GrayImage, mask: GrayImage, scale: float) -> tuple[GrayImage, GrayImage, DoubleArray]:
+    """The crop and its mask resized by ``scale``, and the map back to crop pixels."""
+    return _resize(crop, scale, cv2.INTER_AREA), _resize(mask, scale, cv2.INTER_NEAREST), _unscale_map(scale)
+
+
+def _unscale_map(scale: float) -> DoubleArray:
+    """2x3 map from pixels of an image resized by ``scale`` back to the input's pixels.
+
+    Pixel centres follow OpenCV's resize: x_small = (x + 0.5) * scale - 0.5.
+    """
+    return np.array([[1.0 / scale, 0.0, 0.5 / scale - 0.5], [0.0, 1.0 / scale, 0.5 / scale - 0.5]])
+
+
+def _tilt_angles(tilt: float) -> list[float]:
+    """ASIFT's longitude sampling: steps of 72/t degrees keep neighbouring views overlapping."""
+    return [float(angle) for angle in np.arange(0.0, 180.0, 72.0 / tilt)]
+
+
+def _simulate_tilt(
+    gray: GrayImage, mask: GrayImage, tilt: float, angle: float
+) -> tuple[GrayImage, GrayImage, DoubleArray]:
+    """``gray`` as a camera tilted by ``tilt`` in direction ``angle`` sees it (rotate, then squeeze x).
+
+    Returns the view, its mask and the 2x3 map from view pixels back to ``gray`` pixels. The x
+    blur before squeezing is ASIFT's anti-aliasing filter, sigma = 0.8 sqrt(t^2 - 1).
+    """
+    height, width = gray.shape[:2]
+    rotation, size = _rotation_onto_canvas(width, height, angle)
+    rotated = cv2.warpAffine(gray, rotation, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    rotated_mask = cv2.warpAffine(mask, rotation, size, flags=cv2.INTER_NEAREST)
+    blurred = cv2.GaussianBlur(rotated, (0, 1), sigmaX=0.8 * math.sqrt(tilt * tilt - 1.0))
+    squeezed_size = (max(1, round(size[0] / tilt)), size[1])
+    view = np.asarray(cv2.resize(blurred, squeezed_size, interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
+    view_mask = np.asarray(cv2.resize(rotated_mask, squeezed_size, interpolation=cv2.INTER_NEAREST), dtype=np.uint8)
+    sx = squeezed_size[0] / size[0]
+    squeeze = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, 1.0, 0.0]])
+    forward = _compose(squeeze, rotation)
+    return view, view_mask, np.asarray(cv2.invertAffineTransform(forward), dtype=np.float64)
+
+
+def _rotation_onto_canvas(width: int, height: int, angle: float) -> tuple[DoubleArray, tuple[int, int]]:
+    """2x3 rotation by ``angle`` degrees, shifted so the whole rotated image fits its canvas."""
+    rad = math.radians(angle)
+    linear = np.array([[math.cos(rad), -math.sin(rad)], [math.sin(rad), math.cos(rad)]])
+    corners = np.array([[-0.5, -0.5], [width - 0.5, -0.5], [width - 0.5, height - 0.5], [-0.5, height - 0.5]])
+    mapped = corners @ linear.T
+    low, high = mapped.min(axis=0), mapped.max(axis=0)
+    size = (max(1, math.ceil(high[0] - low[0])), max(1, math.ceil(high[1] - low[1])))
+    return np.hstack([linear, (-low - 0.5)[:, None]]), size
+
+
+def _compose(outer: DoubleArray, inner: DoubleArray) -> DoubleArray:
+    """The 2x3 affine map ``outer`` after ``inner``."""
+    return outer[:, :2] @ inner + np.hstack([np.zeros((2, 2)), outer[:, 2:]])
+
+
+def _apply(affine: DoubleArray, points: FloatArray) -> FloatArray:
+    return (points.astype(np.float64) @ affine[:, :2].T + affine[:, 2]).astype(np.float32)
+
+
+def _crop_bounds(box: BBox, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+    pad = margin * max(box.width, box.height)
+    x1 = min(max(0, math.floor(box.x - pad)), width - 1)
+    y1 = min(max(0, math.floor(box.y - pad)), height - 1)
+    x2 = max(min(width, math.ceil(box.x2 + pad)), x1 + 1)
+    y2 = max(min(height, math.ceil(box.y2 + pad)), y1 + 1)
+    return x1, y1, x2, y2
+
+
+def _box_mask(box: BBox, width: int, height: int) -> GrayImage:
+    mask = np.zeros((height, width), dtype=np.uint8)
+    x1, y1 = max(0, math.floor(box.x)), max(0, math.floor(box.y))
+    x2, y2 = min(width, math.ceil(box.x2)), min(height, math.ceil(box.y2))
+    mask[y1:y2, x1:x2] = 255
+    return mask
+
+
+# -------------------------------------------------------------------------------------- matching
+
+
+def _points_in_box(points: FloatArray | DoubleArray, box: BBox) -> BoolArray:
+    x, y = points[:, 0], points[:, 1]
+    return np.asarray((x >= box.x) & (x <= box.x2) & (y >= box.y) & (y <= box.y2), dtype=bool)
+
+
+def _match_descriptors(query: FloatArray, train: FloatArray, ratio: float) -> tuple[IndexArray, IndexArray]:
+    """Indices of (query, train) pairs that pass the ratio test, one query per train keypoint.
+
+    Descriptors are unit vectors, so one BLAS product yields every squared distance as 2 - 2 cos:
+    several times faster than OpenCV's brute-force matcher, and exact, unlike FLANN. When several
+    source keypoints pick the same target keypoint only the closest is kept; a symmetric
+    nearest-neighbour check would instead drop correct matches whose source point also occurs,
+    nearly identical, in another simulated view.
+    """
+    empty = np.zeros(0, dtype=np.intp)
+    if len(query) == 0 or len(train) < 2:
+        return empty, empty
+    similarity = query @ train.T
+    rows = np.arange(len(query))
+    best = np.argmax(similarity, axis=1)
+    nearest = 2.0 - 2.0 * similarity[rows, best]
+    similarity[rows, best] = -np.inf
+    runner_up = 2.0 - 2.0 * similarity.max(axis=1)
+    passed = rows[nearest < (ratio * ratio) * runner_up]
+    by_distance = passed[np.argsort(nearest[passed], kind="stable")]
+    _, first = np.unique(best[by_distance], return_index=True)
+    kept = np.sort(by_distance[first])
+    return kept, best[kept]
+
+
+def _distinct(points: DoubleArray, cell: float) -> int:
+    return len(np.unique(np.floor(points / cell).astype(np.int64), axis=0))
+
+
+def _hull_area(points: DoubleArray) -> float:
+    if len(points) < 3:
+        return 0.0
+    return float(cv2.contourArea(cv2.convexHull(points.astype(np.float32))))
+
+
+# ---------------------------------------------------------------------------------- sanity rules
+
+
+def _box_corners(box: BBox) -> DoubleArray:
+    return np.array([[box.x, box.y], [box.x2, box.y], [box.x2, box.y2], [box.x, box.y2]], dtype=np.float64)
+
+
+def _project(matrix: DoubleArray, points: DoubleArray) -> tuple[DoubleArray, DoubleArray] | None:
+    """Projected points and their projective depths, or None if the plane folds behind the camera.
+
+    Depths are sign-normalised to be positive; a sign change between corners means the horizon line
+    crosses the box, which no real view of a plane produces.
+    """
+    homogeneous = np.hstack([points, np.ones((len(points), 1))]) @ matrix.T
+    if homogeneous[:, 2].mean() < 0:
+        homogeneous = -homogeneous
+    depths = homogeneous[:, 2]
+    if np.any(depths <= 1e-12):
+        return None
+    return homogeneous[:, :2] / depths[:, None], depths
+
+
+def _signed_area(quad: DoubleArray) -> float:
+    x, y = quad[:, 0], quad[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def _is_convex_same_orientation(quad: DoubleArray, reference: DoubleArray) -> bool:
+    """True when every corner of ``quad`` turns the same way as those of ``reference`` (a rectangle).
+
+    For four vertices this rules out bow-ties (self-intersection), concave darts and mirror images
+    at once; a camera never mirrors a product.
+    """
+    edges = np.roll(quad, -1, axis=0) - quad
+    following = np.roll(edges, -1, axis=0)
+    turns = edges[:, 0] * following[:, 1] - edges[:, 1] * following[:, 0]
+    return bool(np.all(turns * math.copysign(1.0, _signed_area(reference)) > 0))
+
+
+def _inside_fraction(quad: DoubleArray, width: int, height: int) -> float:
+    """Share of the (convex) quad's area inside the image."""
+    frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+    polygon = quad.astype(np.float32)
+    if _signed_area(quad) < 0:
+        polygon = np.ascontiguousarray(polygon[::-1])
+    area, _ = cv2.intersectConvexConvex(polygon, frame)
+    total = abs(_signed_area(quad))
+    return max(0.0, float(area)) / total if total > 0 else 0.0
+
+
+def _plausible_quad(
+    quad: DoubleArray,
+    depths: DoubleArray,
+    source: SourceFeatures,
+    target: TargetFeatures,
+    source_box: BBox,
+    cfg: GeometryConfig,
+) -> bool:
+    """General sanity rules for a projected box; degenerate models fail at least one of them."""
+    if not _is_convex_same_orientation(quad, _box_corners(source_box)):
+        return False
+    if float(depths.max() / depths.min()) > cfg.max_depth_ratio:
+        return False
+    source_share = source_box.area / (source.image_width * source.image_height)
+    target_share = abs(_signed_area(quad)) / (target.width * target.height)
+    if source_share <= 0 or not 1.0 / cfg.max_area_change <= target_share / source_share <= cfg.max_area_change:
+        return False
+    return _inside_fraction(quad, target.width, target.height) >= cfg.min_inside_fraction
+
+
+def _confidence(inliers: int, inlier_ratio: float, min_inliers: int) -> float:
+    """0.5 at the acceptance limit; every further ``min_inliers`` inliers halve the remaining doubt.
+
+    Discounted when fewer than half of the ratio-test matches agree with the model: a true object
+    usually explains most of its distinctive matches, a coincidence only a few.
+    """
+    evidence = 1.0 - 0.5 ** (inliers / min_inliers)
+    consistency = math.sqrt(min(1.0, inlier_ratio / 0.5))
+    return float(min(1.0, evidence * consistency))

@@ -1,0 +1,290 @@
+"""The batch pipeline: a micro-batch of match requests in, one result per request out.
+
+Work is arranged so each expensive step happens once per unit it depends on:
+detection once per target image (batched across requests), local features once per target
+image, source features and embeddings once per (source image, box) thanks to caches, and
+candidate windows embedded once per target image and scored against every tag in one matrix
+product. CLIP search only runs for tags the geometric verifier did not already confirm.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from inference.cache import LruCache
+from inference.candidates import detection_boxes, refinements, sliding_windows, window_sizes
+from inference.config import PipelineConfig
+from inference.crops import crop_and_resize, image_to_tensor
+from inference.detector import Detector, YoloDetector
+from inference.embedder import ClipEmbedder, Embedder
+from inference.fusion import ClipEvidence, GeometricEvidence, decide, standout
+from inference.geometry import Correspondences, GeometricVerifier, SourceFeatures, TargetFeatures
+from inference.runtime import keep_thread_count
+from inference.types import BBox, Detection, MatchRequest, MatchResult, SourceImage, SourceTag, TagMatch
+
+MIN_BOX_SIDE = 2.0
+
+
+@dataclass
+class StageClock:
+    """Milliseconds per stage, summed over a batch, for benchmarks and metrics."""
+
+    ms: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+@dataclass
+class _TagJob:
+    """One source tag inside one request, with what each stage learned about it."""
+
+    request_index: int
+    source: SourceImage
+    tag: SourceTag
+    box: BBox
+    error: str | None = None
+    textured: bool = False
+    matches: Correspondences | None = None
+    geometric: GeometricEvidence | None = None
+    clip: ClipEvidence | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        detector: Detector,
+        embedder: Embedder,
+        verifier: GeometricVerifier,
+        config: PipelineConfig,
+    ) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.verifier = verifier
+        self.config = config
+        self._source_embeddings: LruCache[tuple[str, tuple[float, ...]], torch.Tensor] = LruCache(
+            config.source_cache_size
+        )
+        self._source_features: LruCache[tuple[str, tuple[float, ...]], SourceFeatures] = LruCache(
+            config.source_cache_size
+        )
+
+    @classmethod
+    def load(cls, config: PipelineConfig) -> Pipeline:
+        """Load the configured models through their standard loaders."""
+        models = config.models
+        with keep_thread_count(models.torch_threads):
+            detector = YoloDetector(
+                models.detector,
+                device=models.device,
+                half=models.precision == "fp16",
+                torch_threads=models.torch_threads,
+            )
+            embedder = ClipEmbedder(models.embedder, models.device, models.precision, models.torch_threads)
+        return cls(detector, embedder, GeometricVerifier(config.geometry), config)
+
+    @property
+    def source_cache_misses(self) -> int:
+        """Source boxes whose features or embedding had to be computed (not served from cache)."""
+        return self._source_features.misses + self._source_embeddings.misses
+
+    @property
+    def model_version(self) -> str:
+        return self.config.models.model_version
+
+    def run(self, requests: Sequence[MatchRequest]) -> list[MatchResult]:
+        clock = StageClock()
+        search = self.config.search
+        with clock.stage("detect"):
+            detections = self.detector.detect([r.target for r in requests], search.detection_confidence)
+        jobs = [job for index, request in enumerate(requests) for job in _tag_jobs(index, request)]
+        valid = [job for job in jobs if job.error is None]
+        with clock.stage("verify"):
+            self._verify(requests, valid)
+        pending = [job for job in valid if job.geometric is None and self._clip_could_decide(job)]
+        if pending:
+            self._clip_search(requests, detections, pending, clock)
+        with clock.stage("decide"):
+            results = self._decide(requests, detections, jobs)
+        per_request_ms = {name: ms / max(len(requests), 1) for name, ms in clock.ms.items()}
+        return [
+            MatchResult(r.request_id, tuple(matches), len(dets), dict(per_request_ms))
+            for r, matches, dets in zip(requests, results, detections, strict=True)
+        ]
+
+    def _verify(self, requests: Sequence[MatchRequest], jobs: list[_TagJob]) -> None:
+        targets: dict[int, TargetFeatures] = {}
+        for job in jobs:
+            if job.request_index not in targets:
+                targets[job.request_index] = self.verifier.target_features(requests[job.request_index].target)
+            source = self._source_features.get_or_compute(
+                (job.source.key, _box_key(job.box)),
+                lambda job=job: self.verifier.source_features(job.source.image, job.box),  # type: ignore[misc]
+            )
+            job.textured = len(source.keypoints) >= self.config.search.textured_min_keypoints
+            job.matches = self.verifier.correspondences(source, targets[job.request_index], job.box)
+            match = self.verifier.fit(job.matches, source, targets[job.request_index], job.box)
+            if match is not None:
+                job.geometric = GeometricEvidence(match.bbox, match.confidence)
+
+    def _clip_could_decide(self, job: _TagJob) -> bool:
+        """Skip CLIP for a textured tag whose matches nowhere concentrate: the veto would reject it anyway.
+
+        The densest region is searched with boxes 1.5x the tag's size, generous enough for the
+        scale changes the CLIP windows themselves allow.
+        """
+        if not job.textured:
+            return True
+        search = self.config.search
+        matches = job.matches
+        if matches is None or len(matches) < search.min_local_support:
+            return False
+        densest = matches.densest(job.box.width * 1.5, job.box.height * 1.5)
+        return densest >= search.min_local_support and densest >= search.min_local_share * len(matches)
+
+    def _clip_search(
+        self,
+        requests: Sequence[MatchRequest],
+        detections: list[list[Detection]],
+        jobs: list[_TagJob],
+        clock: StageClock,
+    ) -> None:
+        search = self.config.search
+        device = self.embedder.device
+        with clock.stage("embed"):
+            tag_vectors = self._tag_embeddings(jobs, clock)
+        by_request: dict[int, list[int]] = {}
+        for position, job in enumerate(jobs):
+            by_request.setdefault(job.request_index, []).append(position)
+        for request_index, positions in by_request.items():
+            target = requests[request_index].target
+            height, width = target.shape[:2]
+            with clock.stage("crop"):
+                image = image_to_tensor(target, device)
+                boxes = detection_boxes(detections[request_index], search.detection_padding, width, height)
+                sizes = window_sizes((jobs[p].box for p in positions), search.window_scales, width, height)
+                per_size = max(search.max_windows // max(len(sizes), 1), 1)
+                for size in sizes:
+                    boxes += sliding_windows(size, search.window_overlap, per_size, width, height)
+            scores = self._score(image, boxes, tag_vectors[positions], clock)
+            refined_boxes: list[list[BBox]] = []
+            for column in range(len(positions)):
+                top = torch.topk(scores[:, column], min(search.refine_top_k, len(boxes))).indices.tolist()
+                refined_boxes.append(
+                    [
+                        r
+                        for i in top
+                        for r in refinements(boxes[i], search.refine_scales, search.refine_shift, width, height)
+                    ]
+                )
+            flat = [b for group in refined_boxes for b in group]
+            refined_scores = self._score(image, flat, tag_vectors[positions], clock)
+            offset = 0
+            for column, position in enumerate(positions):
+                own = refined_scores[offset : offset + len(refined_boxes[column]), column]
+                offset += len(refined_boxes[column])
+                evidence = _best_evidence(boxes, scores[:, column], refined_boxes[column], own)
+                matches = jobs[position].matches
+                support = matches.count_inside(evidence.bbox) if matches is not None else 0
+                share = support / len(matches) if matches else 0.0
+                jobs[position].clip = replace(evidence, local_support=support, local_share=share)
+
+    def _tag_embeddings(self, jobs: list[_TagJob], clock: StageClock) -> torch.Tensor:
+        """Tag embeddings from the cache, computing the missing ones in one batch per source image."""
+        missing: dict[str, list[_TagJob]] = {}
+        for job in jobs:
+            if self._source_embeddings.get((job.source.key, _box_key(job.box))) is None:
+                missing.setdefault(job.source.key, []).append(job)
+        size = self.embedder.input_size
+        for group in missing.values():
+            with clock.stage("crop"):
+                crops = crop_and_resize(
+                    image_to_tensor(group[0].source.image, self.embedder.device), [j.box for j in group], size
+                )
+            vectors = self._embed(crops)
+            for job, vector in zip(group, vectors, strict=True):
+                self._source_embeddings.put((job.source.key, _box_key(job.box)), vector)
+        return torch.stack([self._cached_embedding(job) for job in jobs])
+
+    def _cached_embedding(self, job: _TagJob) -> torch.Tensor:
+        vector = self._source_embeddings.get((job.source.key, _box_key(job.box)))
+        assert vector is not None, "embedding computed above"
+        return vector
+
+    def _score(self, image: torch.Tensor, boxes: list[BBox], tags: torch.Tensor, clock: StageClock) -> torch.Tensor:
+        """Cosine of every box against every tag: (len(boxes), n_tags)."""
+        with clock.stage("crop"):
+            crops = crop_and_resize(image, boxes, self.embedder.input_size)
+        with clock.stage("embed"):
+            vectors = self._embed(crops)
+        return vectors @ tags.T
+
+    def _embed(self, crops: torch.Tensor) -> torch.Tensor:
+        batch = self.config.search.embed_batch_size
+        if crops.shape[0] <= batch:
+            return self.embedder.embed(crops)
+        return torch.cat([self.embedder.embed(crops[i : i + batch]) for i in range(0, crops.shape[0], batch)])
+
+    def _decide(
+        self, requests: Sequence[MatchRequest], detections: list[list[Detection]], jobs: list[_TagJob]
+    ) -> list[list[TagMatch]]:
+        results: list[list[TagMatch]] = [[] for _ in requests]
+        default_threshold = self.config.search.similarity_threshold
+        for job in jobs:
+            request = requests[job.request_index]
+            if job.error is not None:
+                results[job.request_index].append(
+                    TagMatch(job.tag.product_id, False, 0.0, None, None, "invalid", error=job.error)
+                )
+                continue
+            threshold = request.similarity_threshold if request.similarity_threshold is not None else default_threshold
+            results[job.request_index].append(
+                decide(
+                    job.tag.product_id,
+                    threshold,
+                    job.clip,
+                    job.geometric,
+                    job.textured,
+                    detections[job.request_index],
+                    self.config.search,
+                )
+            )
+        return results
+
+
+def _tag_jobs(index: int, request: MatchRequest) -> Iterator[_TagJob]:
+    """One job per tag; a box that leaves nothing of the source image becomes a per-tag error."""
+    for source in request.sources:
+        height, width = source.image.shape[:2]
+        for tag in source.tags:
+            box = tag.bbox.clip(width, height)
+            error = None
+            if box.width < MIN_BOX_SIDE or box.height < MIN_BOX_SIDE:
+                error = f"bbox {_box_key(tag.bbox)} leaves less than {MIN_BOX_SIDE:g} px inside the {width}x{height} source image"
+            yield _TagJob(index, source, tag, box, error)
+
+
+def _box_key(box: BBox) -> tuple[float, ...]:
+    return (round(box.x, 1), round(box.y, 1), round(box.width, 1), round(box.height, 1))
+
+
+def _best_evidence(
+    boxes: list[BBox], scores: torch.Tensor, refined: list[BBox], refined_scores: torch.Tensor
+) -> ClipEvidence:
+    """Best box over coarse and refined candidates; standout is judged against non-overlapping windows."""
+    all_boxes = boxes + refined
+    all_scores = torch.cat([scores, refined_scores]).tolist()
+    best = max(range(len(all_boxes)), key=all_scores.__getitem__)
+    best_box = all_boxes[best]
+    others = [s for b, s in zip(boxes, scores.tolist(), strict=True) if b.iou(best_box) < 0.3]
+    return ClipEvidence(best_box, float(all_scores[best]), standout(all_scores[best], others))

@@ -1,0 +1,31 @@
+"""Plugs the full pipeline into the evaluator, so ``tagstream eval`` scores what the stream runs."""
+
+from __future__ import annotations
+
+from inference.evaluation import EvalAnswer, EvalQuery, Locator
+from inference.pipeline import Pipeline
+from inference.types import MatchRequest, SourceImage, SourceTag
+
+
+def pipeline_locator(pipeline: Pipeline) -> Locator:
+    """Each evaluator batch shares one target image: it becomes one request with one tag per query."""
+
+    def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
+        by_source: dict[str, list[EvalQuery]] = {}
+        for query in queries:
+            by_source.setdefault(query.source_key, []).append(query)
+        sources = tuple(
+            SourceImage(key, group[0].source_image, tuple(SourceTag(q.item_id, q.source_box) for q in group))
+            for key, group in by_source.items()
+        )
+        request = MatchRequest(queries[0].target_key, queries[0].target_image, sources)
+        (result,) = pipeline.run([request])
+        matches = {m.product_id: m for m in result.matches}
+        return [
+            EvalAnswer(
+                found=matches[q.item_id].found, bbox=matches[q.item_id].bbox, confidence=matches[q.item_id].confidence
+            )
+            for q in queries
+        ]
+
+    return locate

@@ -1,0 +1,57 @@
+"""``tagstream eval``: the pipeline scored on an evaluation set, with a progress bar."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from inference.evaluation import evaluate
+from inference.pipeline import Pipeline
+from inference.pipeline_locator import pipeline_locator
+from streams.settings import Settings
+
+
+def run_eval(settings: Settings, offline: bool, cases: Path, json_out: Path | None) -> int:
+    if offline:
+        print("models: random-init (offline); scores reflect the geometric verifier and the fusion rules")
+    print("loading models ...", flush=True)
+    pipeline = Pipeline.load(settings.pipeline_config())
+    with tqdm(total=0, unit="box", desc="eval") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = evaluate(cases, pipeline_locator(pipeline), progress=progress)
+    result = report.to_json()
+    result["model_version"] = pipeline.model_version
+    print(_summary(result))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=1))
+        print(f"report written to {json_out}")
+    return 0
+
+
+def _summary(result: dict[str, Any]) -> str:
+    lines = [
+        f"{'sequence':24} {'boxes':>5} {'recall@.5':>9} {'mean IoU':>8} {'IoU all':>8} {'trivial':>8} {'FP rate':>8}",
+    ]
+    for name, metrics in sorted(result["per_sequence"].items()):
+        lines.append(_row(name, metrics))
+    lines.append(_row("OVERALL", result))
+    lines.append(f"seconds: {result['seconds']:.1f}")
+    return "\n".join(lines)
+
+
+def _row(name: str, m: dict[str, Any]) -> str:
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    return (
+        f"{name:24} {m['boxes']:>5} {fmt(m['recall_iou50']):>9} {fmt(m['mean_iou']):>8} "
+        f"{fmt(m['mean_iou_all']):>8} {fmt(m['trivial_baseline_iou']):>8} {fmt(m['false_positive_rate']):>8}"
+    )

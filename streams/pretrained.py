@@ -1,0 +1,24 @@
+"""Whether the configured pretrained models can be loaded here without a download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streams.settings import Settings
+
+
+def pretrained_available(settings: Settings) -> bool:
+    """True when both configured models are on disk (a path, or the Hugging Face cache)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    embedder = settings.models.embedder
+    cached = try_to_load_from_cache(embedder, "config.json")
+    embedder_ok = Path(embedder, "config.json").exists() or isinstance(cached, str)
+    return embedder_ok and Path(settings.models.detector).exists()
+
+
+def with_available_models(settings: Settings) -> tuple[Settings, bool]:
+    """The settings to run with, switched to offline models when pretrained ones are missing."""
+    if settings.models.offline or pretrained_available(settings):
+        return settings, settings.models.offline
+    return settings.model_copy(update={"models": settings.models.model_copy(update={"offline": True})}), True

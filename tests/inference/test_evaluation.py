@@ -1,0 +1,232 @@
+"""Evaluation library: case loading, item building, metrics with fake locators, geometry locator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inference.evaluation import (
+    EvalAnswer,
+    EvalItem,
+    EvalQuery,
+    Evaluator,
+    build_items,
+    evaluate,
+    geometric_locator,
+    load_cases,
+    load_image,
+    negative_items,
+    positive_items,
+    qualitative_items,
+)
+from inference.types import BBox
+
+EVAL_DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "eval-dev"
+CASES_JSON = EVAL_DEV / "cases.json"
+needs_eval_dev = pytest.mark.skipif(not CASES_JSON.exists(), reason="eval-dev photographs not available")
+
+TOP_LEVEL_KEYS = {"recall_iou50", "mean_iou", "false_positive_rate", "per_sequence", "cases", "seconds"}
+
+
+def _write_png(path: Path, size: tuple[int, int], grey: bool = False) -> None:
+    rng = np.random.default_rng(len(path.name))
+    shape = (size[1], size[0]) if grey else (size[1], size[0], 3)
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(path)
+
+
+def _case(
+    case_id: str, dataset: str, sequence: str, src: str, tgt: str, boxes: list[dict[str, object]]
+) -> dict[str, object]:
+    return {
+        "case_id": case_id,
+        "dataset": dataset,
+        "sequence": sequence,
+        "source_image": src,
+        "target_image": tgt,
+        "has_ground_truth": all(box.get("target_box") is not None for box in boxes),
+        "boxes": boxes,
+    }
+
+
+@pytest.fixture
+def small_cases(tmp_path: Path) -> Path:
+    """Two scenes with ground truth (one with two pairs, one grey) and one qualitative-only pair."""
+    for name, grey in [("a1", False), ("a2", False), ("a3", False), ("b1", True), ("b2", True), ("q1", False)]:
+        _write_png(tmp_path / f"{name}.png", (64, 48), grey)
+    box: dict[str, object] = {"box_id": "x", "source_box": [10, 10, 20, 20], "target_box": [12, 10, 20, 20]}
+    far: dict[str, object] = {
+        "box_id": "y",
+        "source_box": [0, 0, 10, 10],
+        "target_box": [40, 30, 10, 10],
+        "trivial_baseline_iou": 0.0,
+    }
+    cases = [
+        _case("a/1to2", "set", "a", "a1.png", "a2.png", [box, far]),
+        _case("a/1to3", "set", "a", "a1.png", "a3.png", [box, far]),
+        _case("b/pair", "other", "b", "b1.png", "b2.png", [box]),
+        _case(
+            "q/demo",
+            "demo",
+            "q",
+            "q1.png",
+            "a2.png",
+            [{"box_id": "w", "source_box": [0, 0, 64, 48], "target_box": None}],
+        ),
+    ]
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps({"cases": cases}))
+    return path
+
+
+def _truth_locator(items: list[EvalItem]) -> Callable[[list[EvalQuery]], list[EvalAnswer]]:
+    """Answers exactly the ground truth: found with the target box on positives, not found otherwise."""
+    truth = {item.item_id: item.target_box for item in items}
+
+    def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
+        answers = []
+        for query in queries:
+            box = truth[query.item_id]
+            answers.append(EvalAnswer(found=box is not None, bbox=box, confidence=1.0 if box else 0.0))
+        return answers
+
+    return locate
+
+
+def _never(queries: list[EvalQuery]) -> list[EvalAnswer]:
+    return [EvalAnswer(found=False, bbox=None, confidence=0.0) for _ in queries]
+
+
+def _source_box(queries: list[EvalQuery]) -> list[EvalAnswer]:
+    return [EvalAnswer(found=True, bbox=q.source_box, confidence=0.5) for q in queries]
+
+
+def test_load_cases_resolves_paths_and_ground_truth(small_cases: Path) -> None:
+    cases = load_cases(small_cases)
+    assert [c.case_id for c in cases] == ["a/1to2", "a/1to3", "b/pair", "q/demo"]
+    assert cases[0].source_path == small_cases.parent / "a1.png"
+    assert cases[0].sequence_key == "set/a"
+    first = cases[0].boxes[0]
+    assert first.target_box == BBox(12, 10, 20, 20)
+    assert first.trivial_baseline_iou == pytest.approx(BBox(10, 10, 20, 20).iou(BBox(12, 10, 20, 20)))
+    assert cases[0].boxes[1].trivial_baseline_iou == 0.0
+    assert not cases[3].has_ground_truth and cases[3].boxes[0].target_box is None
+
+
+def test_load_image_makes_grey_files_rgb(small_cases: Path) -> None:
+    image = load_image(small_cases.parent / "b1.png")
+    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+    assert np.array_equal(image[..., 0], image[..., 2])
+
+
+def test_items_split_positive_qualitative_and_negative(small_cases: Path) -> None:
+    cases = load_cases(small_cases)
+    assert len(positive_items(cases)) == 5
+    assert [i.item_id for i in qualitative_items(cases)] == ["qual:q/demo:w"]
+    negatives = negative_items(cases)
+    # Every negative pairs a source box with a target photo of another scene.
+    by_id = {c.case_id: c for c in cases}
+    for item in negatives:
+        assert item.target_path != by_id[item.case_id].target_path
+        assert item.sequence == by_id[item.case_id].sequence_key
+        assert item.target_box is None
+    # a/1to2 (position 0) -> b/pair and q/demo; a/1to3 (position 1) -> the same, already asked: skipped.
+    assert {i.item_id for i in negatives if i.case_id.startswith("a/")} == {
+        "neg:a/1to2:x->b/pair",
+        "neg:a/1to2:y->b/pair",
+    }
+    # q/demo's target is a2.png, also a photo of scene "a": never a negative between a and q.
+    assert {i.item_id for i in negatives if i.case_id == "b/pair"} == {"neg:b/pair:x->a/1to2"}
+    assert {i.item_id for i in negatives if i.case_id == "q/demo"} == {"neg:q/demo:w->b/pair"}
+    assert len({(i.source_path, i.source_box, i.target_path) for i in negatives}) == len(negatives)
+    assert negative_items(cases) == negatives  # deterministic
+
+
+def test_perfect_locator_scores_one(small_cases: Path) -> None:
+    items = build_items(load_cases(small_cases))
+    report = Evaluator(_truth_locator(items)).run(items)
+    assert report.overall.recall_iou50 == 1.0
+    assert report.overall.mean_iou == pytest.approx(1.0)
+    assert report.overall.false_positive_rate == 0.0
+    assert set(report.per_sequence) == {"set/a", "other/b", "demo/q"}
+    assert report.per_sequence["set/a"].boxes == 4
+
+
+def test_never_found_has_no_recall_and_no_false_positive(small_cases: Path) -> None:
+    report = evaluate(small_cases, _never)
+    assert report.overall.recall_iou50 == 0.0
+    assert report.overall.false_positive_rate == 0.0
+    assert report.overall.mean_iou is None  # nothing found
+    assert report.overall.mean_iou_all == 0.0
+
+
+def test_always_found_at_source_box_is_all_false_positives(small_cases: Path) -> None:
+    report = evaluate(small_cases, _source_box)
+    assert report.overall.false_positive_rate == 1.0
+    # The trivial answer scores exactly the trivial baseline.
+    assert report.overall.mean_iou_all == pytest.approx(report.overall.trivial_baseline_iou)
+    assert report.overall.recall_iou50 == pytest.approx(3 / 5)  # box x (IoU 0.82) passes, box y (0) fails
+
+
+def test_report_json_shape(small_cases: Path) -> None:
+    data = evaluate(small_cases, _source_box).to_json()
+    assert set(data) >= TOP_LEVEL_KEYS
+    json.dumps(data)  # plain JSON types only
+    row = next(r for r in data["cases"] if r["case_id"] == "a/1to2")
+    assert [b["box_id"] for b in row["box_results"]] == ["x", "y"]
+    assert row["false_positive_ids"] == ["neg:a/1to2:x->b/pair", "neg:a/1to2:y->b/pair"]
+    assert [q["box_id"] for q in data["qualitative"]] == ["w"]
+    assert data["per_sequence"]["set/a"]["boxes"] == 4
+
+
+def test_batches_share_a_target_and_progress_is_reported(small_cases: Path) -> None:
+    items = build_items(load_cases(small_cases))
+    targets_per_batch: list[set[str]] = []
+    progress: list[tuple[int, int]] = []
+
+    def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
+        targets_per_batch.append({q.target_key for q in queries})
+        return _never(queries)
+
+    Evaluator(locate, batch_size=2, progress=lambda done, total: progress.append((done, total))).run(items)
+    assert all(len(targets) == 1 for targets in targets_per_batch)
+    assert progress[-1] == (len(items), len(items))
+    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
+
+
+def test_locator_must_answer_every_query(small_cases: Path) -> None:
+    with pytest.raises(ValueError, match="answers"):
+        evaluate(small_cases, lambda queries: [])
+
+
+@needs_eval_dev
+def test_eval_dev_items_and_perfect_locator() -> None:
+    cases = load_cases(CASES_JSON)
+    items = build_items(cases)
+    positives = [i for i in items if i.kind == "positive"]
+    negatives = [i for i in items if i.kind == "negative"]
+    assert len(positives) == 66
+    assert len([i for i in items if i.kind == "qualitative"]) == 1
+    assert 100 <= len(negatives) <= 400
+    # Only the target images are needed to score the oracle; keep the test light by asking a subset.
+    subset = positives[::11] + negatives[::50]
+    report = Evaluator(_truth_locator(subset)).run(subset)
+    assert report.overall.recall_iou50 == 1.0
+    assert report.overall.false_positive_rate == 0.0
+
+
+@needs_eval_dev
+def test_geometric_locator_on_eval_dev_subset() -> None:
+    """Geometry alone finds the graf 1->2 boxes and answers nothing on photos of other scenes."""
+    items = build_items(load_cases(CASES_JSON))
+    positives = [i for i in items if i.case_id == "oxford/graf/1to2" and i.kind == "positive"]
+    negatives = [i for i in items if i.case_id == "oxford/graf/1to2" and i.kind == "negative"]
+    subset = positives + negatives[:6]  # two other scenes keep the test short
+    report = Evaluator(geometric_locator()).run(subset)
+    assert report.overall.recall_iou50 == 1.0
+    assert report.overall.mean_iou is not None and report.overall.mean_iou > 0.9
+    assert report.overall.false_positives == 0

@@ -1,0 +1,41 @@
+import pytest
+
+from inference.config import SearchConfig
+from inference.fusion import ClipEvidence, GeometricEvidence, decide, detected_class, standout
+from inference.types import BBox, Detection
+
+SEARCH = SearchConfig()
+BOX = BBox(10, 10, 50, 50)
+
+
+def test_geometry_wins_and_corrects_the_clip_box() -> None:
+    clip = ClipEvidence(BBox(0, 0, 80, 80), similarity=0.95, standout=9.0)
+    match = decide("p", 0.75, clip, GeometricEvidence(BOX, 0.8), True, [], SEARCH)
+    assert (match.found, match.bbox, match.method) == (True, BOX, "geometric")
+
+
+def test_clip_alone_needs_threshold_and_standout() -> None:
+    assert decide("p", 0.75, ClipEvidence(BOX, 0.8, 5.0), None, False, [], SEARCH).found
+    assert not decide("p", 0.75, ClipEvidence(BOX, 0.8, 1.0), None, False, [], SEARCH).found
+    assert not decide("p", 0.85, ClipEvidence(BOX, 0.8, 5.0), None, False, [], SEARCH).found
+
+
+def test_textured_source_without_geometry_needs_local_support() -> None:
+    match = decide("p", 0.75, ClipEvidence(BOX, 0.99, 9.0, local_support=2), None, True, [], SEARCH)
+    assert not match.found and match.method == "none" and match.bbox is None
+    assert match.confidence == pytest.approx(0.99)
+    supported = ClipEvidence(BOX, 0.85, 5.0, local_support=SEARCH.min_local_support, local_share=0.8)
+    assert decide("p", 0.75, supported, None, True, [], SEARCH).method == "clip"
+    scattered = ClipEvidence(BOX, 0.85, 5.0, local_support=SEARCH.min_local_support, local_share=0.1)
+    assert not decide("p", 0.75, scattered, None, True, [], SEARCH).found
+
+
+def test_detected_class_comes_from_an_overlapping_detection() -> None:
+    detections = [Detection(BBox(12, 12, 48, 48), "bottle", 0.9), Detection(BBox(200, 200, 10, 10), "cup", 0.9)]
+    assert detected_class(BOX, detections) == "bottle"
+    assert detected_class(BBox(400, 400, 5, 5), detections) is None
+
+
+def test_standout_is_robust_to_a_flat_field() -> None:
+    assert standout(0.9, [0.5, 0.52, 0.48, 0.5]) > 10
+    assert standout(0.9, [0.89, 0.9, 0.88, 0.9]) < 3

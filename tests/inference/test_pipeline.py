@@ -1,0 +1,70 @@
+"""The pipeline end to end on generated scenes, with random-init models loaded from disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.config import ModelConfig, PipelineConfig
+from inference.detector import YoloDetector
+from inference.embedder import ClipEmbedder
+from inference.pipeline import Pipeline
+from inference.scenes import DemoSet
+from inference.types import BBox, MatchRequest, SourceImage, SourceTag
+
+
+@pytest.fixture(scope="module")
+def pipeline(cache_dir: Path) -> Pipeline:
+    models = cache_dir / "models"
+    config = PipelineConfig(
+        models=ModelConfig(detector=str(models / "yolo26n-random.pt"), embedder=str(models / "clip-tiny-random"))
+    )
+    return Pipeline.load(config)
+
+
+def test_offline_models_load_through_the_real_loaders(cache_dir: Path) -> None:
+    models = cache_dir / "models"
+    detector = YoloDetector(str(models / "yolo26n-random.pt"))
+    assert len(detector.class_names) == 80
+    assert len(detector.detect([np.zeros((64, 64, 3), np.uint8)] * 2, 0.5)) == 2
+    embedder = ClipEmbedder(str(models / "clip-tiny-random"))
+    vectors = embedder.embed(torch.rand(3, 3, 224, 224))
+    assert vectors.shape == (3, 64)
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_finds_present_products_precisely_and_rejects_absent_ones(pipeline: Pipeline, demo_set: DemoSet) -> None:
+    requests = [MatchRequest(name, image, demo_set.source_images()) for name, image in demo_set.uploads.items()]
+    results = pipeline.run(requests)
+    assert [r.request_id for r in results] == list(demo_set.uploads)
+    for result in results:
+        truth = demo_set.ground_truth[result.request_id]
+        assert [m.product_id for m in result.matches] == list(demo_set.product_ids)
+        for match in result.matches:
+            expected = truth[match.product_id]
+            if expected is None:
+                assert not match.found, match
+            else:
+                assert match.found and match.method == "geometric", match
+                assert match.bbox is not None and match.bbox.iou(expected) > 0.8
+        assert {"detect", "verify", "decide"} <= set(result.stage_ms)
+
+
+def test_a_box_outside_its_source_image_is_a_per_tag_error(pipeline: Pipeline, demo_set: DemoSet) -> None:
+    source = demo_set.source_images()[0]
+    bad = SourceImage(source.key, source.image, (*source.tags, SourceTag("off-image", BBox(5000, 5000, 10, 10))))
+    (result,) = pipeline.run([MatchRequest("r", next(iter(demo_set.uploads.values())), (bad,))])
+    errors = {m.product_id: m.error for m in result.matches}
+    assert errors["off-image"] is not None and "inside" in errors["off-image"]
+    assert all(errors[t.product_id] is None for t in source.tags)
+
+
+def test_source_work_is_cached_across_batches(pipeline: Pipeline, demo_set: DemoSet) -> None:
+    request = MatchRequest("again", next(iter(demo_set.uploads.values())), demo_set.source_images())
+    pipeline.run([request])
+    misses = pipeline.source_cache_misses
+    pipeline.run([request])
+    assert pipeline.source_cache_misses == misses
