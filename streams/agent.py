@@ -22,6 +22,7 @@ from typing import cast
 import faust
 from faust.types import EventT, StreamT
 
+from streams.metrics import Metrics
 from streams.processor import Inbound, Outbound, SuggestionProcessor
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,13 @@ class SuggestAgent:
         processor: Callable[[], Awaitable[SuggestionProcessor]],
         max_batch: int,
         max_wait_s: float,
+        metrics: Metrics,
     ) -> None:
         self._outputs = outputs
         self._processor = processor
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
+        self._metrics = metrics
         self.agent = app.agent(uploads, name="suggest")(self._consume)
 
     async def _consume(self, stream: StreamT) -> None:
@@ -56,6 +59,8 @@ class SuggestAgent:
 
     async def _handle(self, stream: StreamT, processor: SuggestionProcessor, events: Sequence[EventT]) -> None:
         received_at = datetime.now(timezone.utc)
+        self._metrics.events_consumed.inc(len(events))
+        self._metrics.batch_size.observe(len(events))
         batch = [
             Inbound(
                 topic=e.message.topic,
@@ -70,9 +75,10 @@ class SuggestAgent:
         outcomes = await processor.process(batch)
         deliveries = [asyncio.ensure_future(self._publish(outcome)) for outcome in outcomes]
         try:
-            for event, delivered in zip(events, deliveries, strict=True):
+            for event, outcome, delivered in zip(events, outcomes, deliveries, strict=True):
                 await delivered
                 await stream.ack(event)
+                self._metrics.delivered(outcome.reason, event.message.timestamp)
         finally:
             for delivery in deliveries:
                 delivery.cancel()

@@ -169,7 +169,12 @@ class SuggestionProcessor:
                 return (await asyncio.to_thread(self.pipeline.run, [request]))[0]
             except Exception as exc:
                 error = exc
-                log.warning("pipeline failed for request %s: %r", request.request_id, exc)
+                log.warning(
+                    "pipeline failed for request %s: %r",
+                    request.request_id,
+                    exc,
+                    extra={"event_id": request.request_id},
+                )
         return _Failed("pipeline_error", f"{type(error).__name__}: {error}", self.retry.pipeline_attempts)
 
     def _dead_letter(self, message: Inbound, failure: _Failed, event: UploadEvent | None) -> Outbound:
@@ -195,6 +200,7 @@ class SuggestionProcessor:
             message.offset,
             record["upload_id"],
             failure,
+            extra={"upload_id": record["upload_id"], "event_id": record["upload_event_id"], "error_kind": failure.kind},
         )
         return Outbound(self.topics.dead_letters, message.key, encode(DEAD_LETTER, record), failure.kind)
 

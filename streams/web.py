@@ -1,0 +1,249 @@
+"""The worker's web server: the reference HTTP API, health, readiness and Prometheus metrics.
+
+The API answers with the engine the suggest agent uses (same pipeline, caches, fetcher and
+SSRF policy), so a synchronous answer and a stream answer cannot drift apart. Views are
+mounted on Faust's own web server (aiohttp) with ``app.page``; handlers take and return
+aiohttp objects, and raise aiohttp HTTP errors carrying JSON bodies in the reference
+service's shape (``{"detail": ...}``; 422 details as a list of located validation errors).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import faust
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from faust.web import View
+from pydantic import BaseModel, ValidationError
+
+from inference.types import MatchRequest, RGBImage, SourceImage, SourceTag
+from streams.engine import Engine, EngineProvider
+from streams.fetch import FetchError
+from streams.metrics import Metrics, read_consumer_lag
+from streams.web_models import (
+    ClassesResponse,
+    DetectionOut,
+    DetectRequest,
+    DetectResponse,
+    Suggestion,
+    SuggestTagsRequest,
+    SuggestTagsResponse,
+)
+
+log = logging.getLogger(__name__)
+
+Body = TypeVar("Body", bound=BaseModel)
+Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+
+LOADING_RETRY_AFTER_S = 5
+
+
+class Readiness:
+    """Ready to serve: models loaded and the consumer holds a settled assignment from its group.
+
+    An empty assignment counts (a worker beyond the partition count still serves HTTP); a
+    rebalance in progress, a worker that never joined, or one shutting down does not.
+    """
+
+    def __init__(self, app: faust.App, engines: EngineProvider) -> None:
+        self._app = app
+        self._engines = engines
+        self._assigned = False
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
+
+    def _on_revoked(self, *args: Any, **kwargs: Any) -> None:
+        self._assigned = False
+
+    def _on_assigned(self, *args: Any, **kwargs: Any) -> None:
+        self._assigned = True
+
+    def report(self) -> dict[str, Any]:
+        models_loaded = self._engines.loaded is not None
+        assigned = self._assigned and not self._app.should_stop
+        partitions = sorted(f"{tp.topic}[{tp.partition}]" for tp in self._app.consumer.assignment()) if assigned else []
+        return {
+            "ready": models_loaded and assigned,
+            "models_loaded": models_loaded,
+            "consumer_assigned": assigned,
+            "partitions": partitions,
+        }
+
+
+class HttpApi:
+    """Handlers of every route; ``routes`` lists them for :func:`install_http_api`."""
+
+    def __init__(self, app: faust.App, engines: EngineProvider, metrics: Metrics) -> None:
+        self._app = app
+        self._engines = engines
+        self._metrics = metrics
+        self._readiness = Readiness(app, engines)
+
+    def routes(self) -> list[Route]:
+        return [
+            ("/api/suggest-tags", "post", self.suggest_tags),
+            ("/api/detect", "post", self.detect),
+            ("/api/classes", "get", self.classes),
+            ("/health", "get", self.health),
+            ("/ready", "get", self.ready),
+            ("/metrics", "get", self.metrics),
+        ]
+
+    async def suggest_tags(self, request: web.Request) -> web.Response:
+        body = await _parse(request, SuggestTagsRequest)
+        engine = self._engine()
+        images = await engine.fetcher.fetch_many([body.source_image_url, body.target_image_url])
+        source = _fetched(images, body.source_image_url, "source_image_url")
+        target = _fetched(images, body.target_image_url, "target_image_url")
+        tags = tuple(SourceTag(tag.product_id, tag.bbox.to_bbox()) for tag in body.source_tags)
+        result = await engine.pipeline.match(
+            MatchRequest(
+                f"http-{uuid.uuid4()}",
+                target,
+                (SourceImage(body.source_image_url, source, tags),),
+                body.similarity_threshold,
+            )
+        )
+        # Boxes the model refuses (nothing left inside the source image) are input errors here.
+        refused = [
+            _invalid(("source_tags", index, "bbox"), match.error)
+            for index, match in enumerate(result.matches)
+            if match.error is not None
+        ]
+        if refused:
+            raise _unprocessable(refused)
+        return _json(
+            SuggestTagsResponse(
+                suggestions=[Suggestion.of(match) for match in result.matches],
+                detections_count=result.detections_count,
+            )
+        )
+
+    async def detect(self, request: web.Request) -> web.Response:
+        body = await _parse(request, DetectRequest)
+        engine = self._engine()
+        wanted = body.target_classes
+        if wanted is not None:
+            known = set(engine.pipeline.class_names)
+            unknown = [
+                _invalid(("target_classes", index), f"unknown class {name!r}; see /api/classes")
+                for index, name in enumerate(wanted)
+                if name not in known
+            ]
+            if unknown:
+                raise _unprocessable(unknown)
+        images = await engine.fetcher.fetch_many([body.image_url])
+        image = _fetched(images, body.image_url, "image_url")
+        detections = await engine.pipeline.detect(image, body.confidence_threshold)
+        kept = [d for d in detections if wanted is None or d.class_name in wanted]
+        return _json(DetectResponse(detections=[DetectionOut.of(d) for d in kept], count=len(kept)))
+
+    async def classes(self, request: web.Request) -> web.Response:
+        return _json(ClassesResponse(classes=self._engine().pipeline.class_names))
+
+    async def health(self, request: web.Request) -> web.Response:
+        """Liveness: the event loop answers. Whether the worker can serve is ``/ready``'s question."""
+        return web.json_response({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        report = self._readiness.report()
+        return web.json_response(report, status=200 if report["ready"] else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        self._metrics.set_consumer_lag(await read_consumer_lag(self._app.consumer))
+        body, content_type = self._metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def _engine(self) -> Engine:
+        engine = self._engines.loaded
+        if engine is None:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"detail": "models are still loading; retry shortly"}),
+                content_type="application/json",
+                headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
+            )
+        return engine
+
+
+def install_http_api(app: faust.App, api: HttpApi) -> None:
+    """Mount every route of ``api`` as a Faust web view (before the worker starts)."""
+    for path, method, handler in api.routes():
+        app.page(path, name=f"{method}:{path}")(_view(method, handler))
+
+
+def _view(method: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> type[View]:
+    async def respond(view: View, request: web.Request, **match_info: Any) -> web.StreamResponse:
+        return await handler(request)
+
+    return type(f"{handler.__name__}_view", (View,), {method: respond})
+
+
+def observe_requests(metrics: Metrics) -> Middleware:
+    """Counts and times every request by route (unmatched paths share one label), and logs API calls."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            resource = request.match_info.route.resource
+            path = resource.canonical if resource is not None else "unmatched"
+            metrics.http_requests.labels(request.method, path, str(status)).inc()
+            metrics.http_request_seconds.labels(request.method, path).observe(elapsed)
+            log.log(
+                logging.INFO if path.startswith("/api/") else logging.DEBUG,
+                "%s %s -> %d in %.0f ms",
+                request.method,
+                request.path,
+                status,
+                elapsed * 1000.0,
+                extra={"http_method": request.method, "path": path, "status": status, "duration_ms": elapsed * 1000.0},
+            )
+
+    return middleware
+
+
+async def _parse(request: web.Request, model: type[Body]) -> Body:
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        errors = json.loads(exc.json(include_url=False))
+        for error in errors:
+            error["loc"] = ["body", *error["loc"]]
+        raise _unprocessable(errors) from exc
+
+
+def _fetched(images: Mapping[str, RGBImage | FetchError], url: str, field: str) -> RGBImage:
+    image = images[url]
+    if isinstance(image, FetchError):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"detail": f"could not fetch {field}: {image.kind}: {image}"}),
+            content_type="application/json",
+        )
+    return image
+
+
+def _invalid(loc: tuple[str | int, ...], message: str) -> dict[str, Any]:
+    return {"type": "value_error", "loc": ["body", *loc], "msg": message}
+
+
+def _unprocessable(errors: list[dict[str, Any]]) -> web.HTTPUnprocessableEntity:
+    return web.HTTPUnprocessableEntity(text=json.dumps({"detail": errors}), content_type="application/json")
+
+
+def _json(body: BaseModel) -> web.Response:
+    return web.json_response(body.model_dump(mode="json"))

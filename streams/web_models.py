@@ -1,0 +1,106 @@
+"""Request and response bodies of the reference HTTP API, as pydantic models.
+
+Field names and shapes are the reference service's (``seed/reference-service-guide.md``), so
+its clients keep working against a worker. Validation is stricter where the pipeline would
+otherwise have to guess: boxes must be finite with a positive size, and thresholds in range.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from inference.types import BBox, Detection, TagMatch
+from streams.events import EventLimits
+
+_URL = Field(min_length=1, max_length=4096, description="http(s) URL of the image; fetched under the SSRF policy.")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class BBoxIn(_Body):
+    """Pixels; (x, y) is the top-left corner."""
+
+    x: float
+    y: float
+    width: float = Field(gt=0)
+    height: float = Field(gt=0)
+
+    def to_bbox(self) -> BBox:
+        return BBox(self.x, self.y, self.width, self.height)
+
+
+class SourceTagIn(_Body):
+    product_id: str = Field(min_length=1)
+    bbox: BBoxIn
+
+
+class SuggestTagsRequest(_Body):
+    source_image_url: str = _URL
+    source_tags: list[SourceTagIn] = Field(min_length=1, max_length=EventLimits.max_tags)
+    target_image_url: str = _URL
+    similarity_threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="CLIP cosine for a CLIP-only match; default: the worker's setting (0.75)."
+    )
+
+
+class DetectRequest(_Body):
+    image_url: str = _URL
+    confidence_threshold: float = Field(0.25, ge=0.0, le=1.0)
+    target_classes: list[str] | None = Field(
+        None, description="Only these class names (see /api/classes); all if absent."
+    )
+
+
+class BBoxOut(BaseModel):
+    x: float
+    y: float
+    width: float
+    height: float
+
+    @classmethod
+    def of(cls, box: BBox) -> BBoxOut:
+        return cls(x=box.x, y=box.y, width=box.width, height=box.height)
+
+
+class Suggestion(BaseModel):
+    product_id: str
+    found: bool
+    confidence: float
+    suggested_bbox: BBoxOut | None
+    detected_class: str | None
+
+    @classmethod
+    def of(cls, match: TagMatch) -> Suggestion:
+        return cls(
+            product_id=match.product_id,
+            found=match.found,
+            confidence=match.confidence,
+            suggested_bbox=BBoxOut.of(match.bbox) if match.bbox is not None else None,
+            detected_class=match.detected_class,
+        )
+
+
+class SuggestTagsResponse(BaseModel):
+    suggestions: list[Suggestion]
+    detections_count: int
+
+
+class DetectionOut(BaseModel):
+    class_name: str
+    confidence: float
+    bbox: BBoxOut
+
+    @classmethod
+    def of(cls, detection: Detection) -> DetectionOut:
+        return cls(class_name=detection.class_name, confidence=detection.confidence, bbox=BBoxOut.of(detection.bbox))
+
+
+class DetectResponse(BaseModel):
+    detections: list[DetectionOut]
+    count: int
+
+
+class ClassesResponse(BaseModel):
+    classes: list[str]

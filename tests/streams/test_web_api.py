@@ -1,0 +1,260 @@
+"""The reference HTTP API, health and readiness on real worker processes (tiny offline models)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import WorkerFactory
+from web_worker import WebWorker, start_web_worker, worker_factory
+
+from inference.scenes import DemoSet
+from inference.types import BBox
+from streams.broker import EmbeddedBroker, free_port
+from streams.image_server import ImageServer
+
+SUGGEST = "/api/suggest-tags"
+DETECT = "/api/detect"
+
+
+@pytest.fixture(scope="module")
+def factory(
+    broker: EmbeddedBroker, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerFactory]:
+    with worker_factory(broker, cache_dir, tmp_path_factory.mktemp("web-api-workers")) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def started(factory: WorkerFactory, tmp_path_factory: pytest.TempPathFactory) -> tuple[WebWorker, WebWorker, Path]:
+    """Both workers of the module, started together so their start-ups overlap.
+
+    ``api`` may fetch from loopback, where the test images are served. ``guarded`` has the
+    default SSRF policy, and its models load only once the returned gate file exists.
+    """
+    gate = tmp_path_factory.mktemp("gate") / "open"
+    guarded = start_web_worker(
+        factory,
+        "web-guarded",
+        TAGSTREAM_FETCH__ALLOW_PRIVATE_NETWORKS="false",
+        TAGSTREAM_PIPELINE_FACTORY="gated_pipeline:build",
+        GATED_PIPELINE_OPEN=str(gate),
+    )
+    api = start_web_worker(factory, "web-api")
+    return api, guarded, gate
+
+
+@pytest.fixture(scope="module")
+def api(started: tuple[WebWorker, WebWorker, Path]) -> WebWorker:
+    worker = started[0]
+    worker.wait_for("/ready", 200, timeout_s=180)
+    return worker
+
+
+@pytest.fixture(scope="module")
+def guarded(started: tuple[WebWorker, WebWorker, Path]) -> tuple[WebWorker, Path]:
+    _, worker, gate = started
+    worker.wait_for("/health", 200, timeout_s=180)
+    return worker, gate
+
+
+def _box(box: BBox) -> dict[str, float]:
+    return {"x": box.x, "y": box.y, "width": box.width, "height": box.height}
+
+
+def _suggest_body(demo_set: DemoSet, server: ImageServer, upload: str) -> dict[str, Any]:
+    source, tags = next(iter(demo_set.source_tags.items()))
+    return {
+        "source_image_url": server.url(f"{source}.png"),
+        "source_tags": [{"product_id": t.product_id, "bbox": _box(t.bbox)} for t in tags],
+        "target_image_url": server.url(f"{upload}.png"),
+        "similarity_threshold": 0.75,
+    }
+
+
+def test_not_ready_while_models_load_then_ready(guarded: tuple[WebWorker, Path]) -> None:
+    worker, gate = guarded
+    loading = worker.get("/ready")
+    assert loading.status_code == 503
+    assert loading.json()["models_loaded"] is False
+    classes = worker.get("/api/classes")
+    assert classes.status_code == 503
+    assert "loading" in classes.json()["detail"]
+    assert classes.headers["Retry-After"]
+    assert worker.get("/health").json() == {"status": "ok"}
+
+    gate.touch()
+    ready = worker.wait_for("/ready", 200, timeout_s=120).json()
+    assert ready["models_loaded"] is True and ready["consumer_assigned"] is True
+    assert "web-guarded.image-uploaded[0]" in ready["partitions"]
+
+
+def test_default_policy_refuses_private_image_urls(
+    guarded: tuple[WebWorker, Path], api: WebWorker, demo_set: DemoSet, image_server: ImageServer
+) -> None:
+    worker, gate = guarded
+    gate.touch()
+    worker.wait_for("/ready", 200, timeout_s=120)
+    body = _suggest_body(demo_set, image_server, "upload-01")
+
+    refused = worker.post(SUGGEST, body)
+    detected = worker.post(DETECT, {"image_url": body["target_image_url"]})
+
+    assert refused.status_code == 400, refused.text
+    assert "blocked_address" in refused.json()["detail"] and "loopback" in refused.json()["detail"]
+    assert detected.status_code == 400 and "blocked_address" in detected.json()["detail"]
+    # The same request is fine where private networks are allowed: the refusal is the policy's.
+    assert api.post(SUGGEST, body).status_code == 200
+
+
+def test_health_and_readiness(api: WebWorker) -> None:
+    assert api.get("/health").json() == {"status": "ok"}
+    ready = api.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True
+    assert "web-api.image-uploaded[0]" in ready.json()["partitions"]
+
+
+def test_classes_are_the_detectors_80_names(api: WebWorker) -> None:
+    response = api.get("/api/classes")
+    assert response.status_code == 200
+    classes = response.json()["classes"]
+    assert len(classes) == 80 and len(set(classes)) == 80
+    assert all(isinstance(name, str) and name for name in classes)
+
+
+def test_suggest_tags_finds_products_where_they_are(
+    api: WebWorker, demo_set: DemoSet, image_server: ImageServer
+) -> None:
+    upload = "upload-01"
+    body = _suggest_body(demo_set, image_server, upload)
+
+    response = api.post(SUGGEST, body)
+
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) == {"suggestions", "detections_count"}
+    assert isinstance(answer["detections_count"], int)
+    suggestions = answer["suggestions"]
+    assert [s["product_id"] for s in suggestions] == [t["product_id"] for t in body["source_tags"]]
+    truth = demo_set.ground_truth[upload]
+    found = 0
+    for suggestion in suggestions:
+        assert set(suggestion) == {"product_id", "found", "confidence", "suggested_bbox", "detected_class"}
+        expected = truth[suggestion["product_id"]]
+        if expected is None:
+            assert suggestion["found"] is False, suggestion
+        else:
+            assert suggestion["found"] is True, suggestion
+            assert BBox(**suggestion["suggested_bbox"]).iou(expected) > 0.5, (suggestion, expected)
+            found += 1
+    assert found >= 1, "the demo upload should contain at least one product of the source"
+
+
+def test_detect_returns_detections_filtered_by_class(api: WebWorker, image_server: ImageServer) -> None:
+    url = image_server.url("upload-01.png")
+    everything = api.post(DETECT, {"image_url": url, "confidence_threshold": 0.0})
+    assert everything.status_code == 200, everything.text
+    detections = everything.json()["detections"]
+    assert isinstance(detections, list) and everything.json()["count"] == len(detections)
+    classes = set(api.get("/api/classes").json()["classes"])
+    for detection in detections:
+        assert set(detection) == {"class_name", "confidence", "bbox"}
+        assert detection["class_name"] in classes
+        assert 0.0 <= detection["confidence"] <= 1.0
+        assert set(detection["bbox"]) == {"x", "y", "width", "height"}
+    if detections:
+        wanted = detections[0]["class_name"]
+        only = api.post(DETECT, {"image_url": url, "confidence_threshold": 0.0, "target_classes": [wanted]}).json()
+        assert only["count"] >= 1
+        assert {d["class_name"] for d in only["detections"]} == {wanted}
+
+
+def test_detect_rejects_unknown_classes(api: WebWorker, image_server: ImageServer) -> None:
+    known = api.get("/api/classes").json()["classes"][0]
+    response = api.post(DETECT, {"image_url": image_server.url("upload-01.png"), "target_classes": [known, "unicorn"]})
+    assert response.status_code == 422
+    assert [e["loc"] for e in response.json()["detail"]] == [["body", "target_classes", 1]]
+
+
+def _with(body: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return {**body, **changes}
+
+
+def _tag(**bbox: Any) -> list[dict[str, Any]]:
+    return [{"product_id": "sku-1", "bbox": {"x": 1, "y": 1, "width": 10, "height": 10, **bbox}}]
+
+
+VALID = {
+    "source_image_url": "http://img.example/a.png",
+    "source_tags": _tag(),
+    "target_image_url": "http://img.example/b.png",
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({k: v for k, v in VALID.items() if k != "target_image_url"}, ["body", "target_image_url"]),
+        ({k: v for k, v in VALID.items() if k != "source_tags"}, ["body", "source_tags"]),
+        (_with(VALID, source_tags=[]), ["body", "source_tags"]),
+        (_with(VALID, source_tags=_tag(width="wide")), ["body", "source_tags", 0, "bbox", "width"]),
+        (_with(VALID, source_tags=_tag(height=-5)), ["body", "source_tags", 0, "bbox", "height"]),
+        (_with(VALID, source_tags=[{"bbox": _tag()[0]["bbox"]}]), ["body", "source_tags", 0, "product_id"]),
+        (_with(VALID, similarity_threshold=2.0), ["body", "similarity_threshold"]),
+        (_with(VALID, source_image_url=42), ["body", "source_image_url"]),
+        ([VALID], ["body"]),
+    ],
+)
+def test_invalid_suggest_requests_are_422_with_details(api: WebWorker, body: Any, loc: list[Any]) -> None:
+    response = api.post(SUGGEST, body)
+    assert response.status_code == 422, response.text
+    assert loc in [error["loc"] for error in response.json()["detail"]]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"image_url": None}, {"image_url": "http://img.example/a.png", "confidence_threshold": 1.5}],
+)
+def test_invalid_detect_requests_are_422(api: WebWorker, body: Any) -> None:
+    response = api.post(DETECT, body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][0] == "body"
+
+
+def test_malformed_json_is_422(api: WebWorker) -> None:
+    response = api.post(SUGGEST, content=b'{"source_image_url": ')
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_box_outside_the_source_image_is_422(api: WebWorker, demo_set: DemoSet, image_server: ImageServer) -> None:
+    body = _suggest_body(demo_set, image_server, "upload-01")
+    body["source_tags"] = [{"product_id": "sku-far", "bbox": {"x": 5000, "y": 5000, "width": 50, "height": 50}}]
+    response = api.post(SUGGEST, body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "source_tags", 0, "bbox"]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (lambda server: f"http://127.0.0.1:{free_port()}/gone.png", "connection"),
+        (lambda server: server.url("no-such-file.png"), "404"),
+        (lambda server: server.url("not-an-image.png"), "not_an_image"),
+        (lambda server: "http://169.254.169.254/latest/meta-data/", "blocked_address"),
+        (lambda server: "file:///etc/passwd", "bad_scheme"),
+    ],
+    ids=["unreachable", "missing", "not-an-image", "cloud-metadata", "file-scheme"],
+)
+def test_unfetchable_images_are_400_with_the_reason(
+    api: WebWorker, demo_set: DemoSet, image_server: ImageServer, target: Any, expected: str
+) -> None:
+    body = _suggest_body(demo_set, image_server, "upload-01")
+    body["target_image_url"] = target(image_server)
+    response = api.post(SUGGEST, body)
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("could not fetch target_image_url") and expected in detail
