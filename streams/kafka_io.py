@@ -83,7 +83,7 @@ async def read_topic(
     )
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, topic, topic_wait_s)
+        partitions = await topic_partitions(consumer, topic, topic_wait_s)
         consumer.assign(partitions)
         if from_beginning:
             await consumer.seek_to_beginning(*partitions)
@@ -102,7 +102,7 @@ async def read_topic(
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str, wait_s: float) -> list[TopicPartition]:
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, wait_s: float) -> list[TopicPartition]:
     """The topic's partitions; a topic nobody wrote to yet may need a moment to appear."""
     deadline = time.monotonic() + wait_s
     while True:
