@@ -136,17 +136,25 @@ class Correspondences:
         """Matches landing in ``box`` of the target: local evidence for a candidate found otherwise."""
         return int(_points_in_box(self.target, box).sum())
 
-    def densest(self, width: float, height: float) -> int:
-        """Most matches inside any ``width`` x ``height`` box centred on a match.
+    def clusters(self, width: float, height: float, limit: int) -> list[tuple[int, float, float]]:
+        """Up to ``limit`` (count, centre x, centre y) of the densest ``width`` x ``height`` boxes.
 
-        A product that is really there concentrates its matches in its own footprint; chance
-        matches of an absent product scatter over the whole image.
+        Greedy: the box centred on the match with most neighbours, then the same among the
+        matches it did not cover. A product that is really there concentrates its matches in its
+        own footprint; chance matches of an absent product scatter over the whole image.
         """
-        if len(self.target) == 0:
-            return 0
-        dx = np.abs(self.target[:, None, 0] - self.target[None, :, 0]) <= width / 2
-        dy = np.abs(self.target[:, None, 1] - self.target[None, :, 1]) <= height / 2
-        return int((dx & dy).sum(axis=1).max())
+        remaining = self.target
+        found: list[tuple[int, float, float]] = []
+        while len(remaining) and len(found) < limit:
+            dx = np.abs(remaining[:, None, 0] - remaining[None, :, 0]) <= width / 2
+            dy = np.abs(remaining[:, None, 1] - remaining[None, :, 1]) <= height / 2
+            members = dx & dy
+            best = int(members.sum(axis=1).argmax())
+            covered = members[best]
+            centre = remaining[covered].mean(axis=0)
+            found.append((int(covered.sum()), float(centre[0]), float(centre[1])))
+            remaining = remaining[~covered]
+        return found
 
 
 @dataclass(frozen=True, eq=False)

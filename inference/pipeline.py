@@ -138,19 +138,24 @@ class Pipeline:
                 job.geometric = GeometricEvidence(match.bbox, match.confidence)
 
     def _clip_could_decide(self, job: _TagJob) -> bool:
-        """Skip CLIP for a textured tag whose matches nowhere concentrate: the veto would reject it anyway.
+        """Skip CLIP for a textured tag whose matches nowhere concentrate: the veto would reject it anyway."""
+        return not job.textured or bool(self._match_clusters(job))
 
-        The densest region is searched with boxes 1.5x the tag's size, generous enough for the
-        scale changes the CLIP windows themselves allow.
+    def _match_clusters(self, job: _TagJob) -> list[tuple[float, float]]:
+        """Centres of the places where a textured tag's matches concentrate enough to pass the veto.
+
+        Clusters are searched with boxes 1.5x the tag's size, generous enough for the scale
+        changes the CLIP windows themselves allow.
         """
-        if not job.textured:
-            return True
         search = self.config.search
         matches = job.matches
         if matches is None or len(matches) < search.min_local_support:
-            return False
-        densest = matches.densest(job.box.width * 1.5, job.box.height * 1.5)
-        return densest >= search.min_local_support and densest >= search.min_local_share * len(matches)
+            return []
+        return [
+            (x, y)
+            for count, x, y in matches.clusters(job.box.width * 1.5, job.box.height * 1.5, search.max_clusters)
+            if count >= search.min_local_support and count >= search.min_local_share * len(matches)
+        ]
 
     def _clip_search(
         self,
@@ -172,10 +177,7 @@ class Pipeline:
             with clock.stage("crop"):
                 image = image_to_tensor(target, device)
                 boxes = detection_boxes(detections[request_index], search.detection_padding, width, height)
-                sizes = window_sizes((jobs[p].box for p in positions), search.window_scales, width, height)
-                per_size = max(search.max_windows // max(len(sizes), 1), 1)
-                for size in sizes:
-                    boxes += sliding_windows(size, search.window_overlap, per_size, width, height)
+                boxes += self._windows([jobs[p] for p in positions], width, height)
             scores = self._score(image, boxes, tag_vectors[positions], clock)
             refined_boxes: list[list[BBox]] = []
             for column in range(len(positions)):
@@ -198,6 +200,29 @@ class Pipeline:
                 support = matches.count_inside(evidence.bbox) if matches is not None else 0
                 share = support / len(matches) if matches else 0.0
                 jobs[position].clip = replace(evidence, local_support=support, local_share=share)
+
+    def _windows(self, jobs: list[_TagJob], width: int, height: int) -> list[BBox]:
+        """Sliding windows for tags without local evidence; windows on the match clusters of the others.
+
+        A textured tag can only pass the veto in a box holding its match cluster, so its windows
+        go there, plus a coarse grid that gives the standout test its background. A tag without
+        texture gets the full multi-scale grid.
+        """
+        search = self.config.search
+        plain = [job.box for job in jobs if not job.textured]
+        sizes = window_sizes(plain, search.window_scales, width, height)
+        budget = search.max_windows if plain else search.background_windows
+        if not plain:
+            sizes = window_sizes([job.box for job in jobs], (1.0,), width, height)
+        per_size = max(budget // max(len(sizes), 1), 1)
+        boxes = [w for size in sizes for w in sliding_windows(size, search.window_overlap, per_size, width, height)]
+        for job in jobs:
+            if job.textured:
+                for x, y in self._match_clusters(job):
+                    for scale in search.window_scales:
+                        w, h = job.box.width * scale, job.box.height * scale
+                        boxes.append(BBox(x - w / 2, y - h / 2, w, h).clip(width, height))
+        return boxes
 
     def _tag_embeddings(self, jobs: list[_TagJob], clock: StageClock) -> torch.Tensor:
         """Tag embeddings from the cache, computing the missing ones in one batch per source image."""

@@ -110,7 +110,11 @@ class ReferenceMatcher:
         size = self.embedder.input_size
         with clock.stage("crop"):
             arrays: list[RGBImage] = [
-                np.asarray(image.crop((int(b.x), int(b.y), int(b.x2), int(b.y2))).resize((size, size), Image.Resampling.BICUBIC))
+                np.asarray(
+                    image.crop((int(b.x), int(b.y), int(b.x2), int(b.y2))).resize(
+                        (size, size), Image.Resampling.BICUBIC
+                    )
+                )
                 for b in boxes
             ]
             batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0).to(self.embedder.device)

@@ -48,9 +48,7 @@ class AvroCodec:
         for name, schema_id in self._pinned.items():
             entry = registry.get(schema_id)
             if entry is None or entry.name != name:
-                raise SchemaError(
-                    f"cannot pin {name} to schema id {schema_id}: not one of its versions"
-                )
+                raise SchemaError(f"cannot pin {name} to schema id {schema_id}: not one of its versions")
 
     def current(self, name: str) -> SchemaVersion:
         """The version of ``name`` this codec writes, and reads every version of ``name`` into."""
@@ -93,19 +91,14 @@ class AvroCodec:
         if len(data) < _HEADER.size:
             raise DecodeError(
                 DecodeReason.TOO_SHORT,
-                f"payload is {len(data)} bytes; a message needs at least {_HEADER.size} "
-                "(magic byte and schema id)",
+                f"payload is {len(data)} bytes; a message needs at least {_HEADER.size} (magic byte and schema id)",
             )
         magic, schema_id = _HEADER.unpack_from(data)
         if magic != MAGIC_BYTE:
-            raise DecodeError(
-                DecodeReason.BAD_MAGIC, f"magic byte is 0x{magic:02x}, expected 0x{MAGIC_BYTE:02x}"
-            )
+            raise DecodeError(DecodeReason.BAD_MAGIC, f"magic byte is 0x{magic:02x}, expected 0x{MAGIC_BYTE:02x}")
         writer = self._registry.get(schema_id)
         if writer is None:
-            raise DecodeError(
-                DecodeReason.UNKNOWN_SCHEMA_ID, f"unknown schema id {schema_id}", schema_id
-            )
+            raise DecodeError(DecodeReason.UNKNOWN_SCHEMA_ID, f"unknown schema id {schema_id}", schema_id)
         if reader is not None and writer.name != reader.name:
             raise DecodeError(
                 DecodeReason.UNEXPECTED_RECORD,

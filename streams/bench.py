@@ -18,14 +18,16 @@ import numpy as np
 from inference.benchmark import BenchConfig, run_benchmark
 from inference.offline_models import build_clip, build_yolo
 from inference.scenes import make_demo_set
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, free_port
 from streams.demo import demo_uploads
 from streams.image_server import ImageServer
 from streams.kafka_io import produce_uploads, read_topic
 from streams.settings import Settings
 
 
-def run_bench(settings: Settings, json_out: Path | None, inference_only: bool, e2e_only: bool, rate: float, seconds: float) -> int:
+def run_bench(
+    settings: Settings, json_out: Path | None, inference_only: bool, e2e_only: bool, rate: float, seconds: float
+) -> int:
     report: dict[str, Any] = {}
     model_dir = settings.cache_dir / "models"
     if not e2e_only:
@@ -57,9 +59,12 @@ async def _end_to_end(settings: Settings, model_dir: Path, rate: float, seconds:
             "TAGSTREAM_MODELS__PRECISION": settings.models.precision,
             "TAGSTREAM_MODELS__DEVICE": settings.models.device,
             "TAGSTREAM_LOG_LEVEL": "warning",
+            "TAGSTREAM_WEB_PORT": str(free_port()),
         }
         with (work / "worker.log").open("wb") as log:
-            worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         try:
             uploads = demo_uploads(demo, server)
             print(f"e2e: warming up the worker (logs in {work})", flush=True)
@@ -74,7 +79,11 @@ async def _end_to_end(settings: Settings, model_dir: Path, rate: float, seconds:
                 await asyncio.sleep(max(0.0, start + i / rate - time.time()))
                 upload_id = f"bench-{i}"
                 sent_at[upload_id] = time.time()
-                record = {**uploads[i % len(uploads)], "upload_id": upload_id, "occurred_at": datetime.now(timezone.utc)}
+                record = {
+                    **uploads[i % len(uploads)],
+                    "upload_id": upload_id,
+                    "occurred_at": datetime.now(timezone.utc),
+                }
                 await produce_uploads(broker.url, settings.topics.uploads, [record])
             await _wait_for(lambda: all(u in received for u in sent_at), 120 + seconds * 4)
             consumer.cancel()
@@ -87,7 +96,9 @@ async def _end_to_end(settings: Settings, model_dir: Path, rate: float, seconds:
         "rate_offered_per_s": rate,
         "uploads": count,
         "sustained_uploads_per_s": round(count / duration, 3),
-        "latency_ms": {p: round(float(np.percentile(latencies, q)), 1) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))},
+        "latency_ms": {
+            p: round(float(np.percentile(latencies, q)), 1) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))
+        },
         "models": {"detector": "yolo26n (random init)", "embedder": "CLIP ViT-B/32 (random init)"},
     }
 

@@ -6,12 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from streams.cli_downstream import register as register_downstream
+from streams.pretrained import with_available_models
 from streams.settings import Settings
 
 
@@ -64,6 +65,24 @@ def _parser() -> argparse.ArgumentParser:
     settings.add_argument("--markdown", action="store_true", help="as a Markdown table (the README's)")
     settings.set_defaults(handler=_settings)
 
+    evaluate = commands.add_parser("eval", help="score the pipeline offline on an evaluation set (cases.json format)")
+    evaluate.add_argument("--cases", required=True, type=Path, help="path to cases.json")
+    evaluate.add_argument("--json", type=Path, help="also write the full report (per case) as JSON here")
+    evaluate.add_argument("--offline", action="store_true", help="use random-init models even if pretrained ones exist")
+    evaluate.set_defaults(handler=_eval)
+
+    bench = commands.add_parser(
+        "bench", help="measure: pipeline vs reference strategy, then end to end through a broker"
+    )
+    bench.add_argument("--json", type=Path, help="also write the report here")
+    bench.add_argument("--inference-only", action="store_true", help="skip the end-to-end part")
+    bench.add_argument("--e2e-only", action="store_true", help="skip the inference part")
+    bench.add_argument("--rate", type=float, default=2.0, help="end-to-end offered rate, uploads/s (default 2)")
+    bench.add_argument("--seconds", type=float, default=30.0, help="end-to-end duration (default 30)")
+    bench.set_defaults(handler=_bench)
+
+    register_downstream(commands)
+
     demo = commands.add_parser("demo", help="the 'make run' demo: broker, worker, generated uploads, live suggestions")
     demo.add_argument("--port", type=int, default=9092, help="embedded broker port (0 picks a free one)")
     demo.add_argument("--seed", type=int, default=7, help="seed of the generated demo images")
@@ -99,10 +118,11 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from streams.logs import configure_logging
     from streams.worker import run_worker
 
     settings = _settings_from(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     run_worker(settings)
     return 0
 
@@ -149,6 +169,19 @@ def _settings(args: argparse.Namespace) -> int:
         for name, default, meaning in rows:
             print(f"{name}={default}\n    {meaning}")
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from streams.evaluate import run_eval
+
+    settings, offline = with_available_models(_settings_from(args))
+    return run_eval(settings, offline, args.cases, args.json)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from streams.bench import run_bench
+
+    return run_bench(_settings_from(args), args.json, args.inference_only, args.e2e_only, args.rate, args.seconds)
 
 
 def _demo(args: argparse.Namespace) -> int:

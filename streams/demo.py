@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from inference.scenes import DemoSet, make_demo_set
 from inference.types import BBox
 from streams.broker import EmbeddedBroker, free_port
-from inference.scenes import DemoSet, make_demo_set
 from streams.image_server import ImageServer
 from streams.kafka_io import produce_uploads, read_topic
 from streams.pretrained import with_available_models
@@ -92,6 +92,8 @@ def _start_worker(broker: EmbeddedBroker, offline: bool, log: Path) -> subproces
         "TAGSTREAM_BROKER": broker.url,
         # The demo's images are served from loopback, which the SSRF guard refuses by default.
         "TAGSTREAM_FETCH__ALLOW_PRIVATE_NETWORKS": "true",
+        # The HTTP API gets a free port, so a busy 6066 cannot stop the demo.
+        "TAGSTREAM_WEB_PORT": str(free_port()),
         "TAGSTREAM_MODELS__OFFLINE": str(offline).lower(),
     }
     with log.open("wb") as handle:

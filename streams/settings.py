@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.config import ModelConfig, PipelineConfig, SearchConfig
+from streams.logs import LogFormat
 
 
 class TopicSettings(BaseModel):
@@ -73,12 +74,32 @@ class SearchSettings(BaseModel):
     detection_confidence: float = Field(
         0.10, description="YOLO confidence for candidate regions (low: more candidates)."
     )
-    max_windows: int = Field(96, description="Sliding windows embedded per target image, all tag sizes together.")
+    max_windows: int = Field(
+        48, description="Sliding windows embedded per target image for tags without local evidence."
+    )
     min_standout: float = Field(
         3.0, description="Robust z-score the best CLIP window needs above the image's other windows."
     )
-    textured_clip_threshold: float = Field(
-        0.9, description="CLIP cosine needed when a textured source was not confirmed geometrically."
+    min_local_share: float = Field(
+        0.5, description="Share of a textured product's descriptor matches that must fall inside a CLIP-only box."
+    )
+    min_local_support: int = Field(
+        8,
+        description="Descriptor matches a textured product found by CLIP alone needs inside its box (geometric veto).",
+    )
+
+
+class SinkSettings(BaseModel):
+    db: str = Field(
+        "sqlite:///tagstream-suggestions.db",
+        description="Product database: postgresql://user:pass@host:5432/db (libpq URL; e.g. "
+        "?options=-csearch_path%3Dtagstream picks a schema) or sqlite:///relative.db, sqlite:////absolute.db.",
+    )
+    group_id: str = Field("", description="Consumer group of the product-DB sink; default: '<app_id>-sink'.")
+    max_batch: int = Field(200, description="Most suggestion events the sink writes in one database transaction.")
+    dead_letters: str = Field(
+        "tag-suggestions.dlq",
+        description="Topic for suggestion events the sink cannot decode or store; empty: log and count them only.",
     )
 
 
@@ -105,10 +126,14 @@ class Settings(BaseSettings):
         description="Optional 'module:function' returning a Pipeline-like object (plugins, fault injection in tests).",
     )
     log_level: str = Field("info", description="Log level of the worker.")
+    log_format: LogFormat = Field(
+        "text", description="Worker log lines: text (for people) or json (one object per line, for log pipelines)."
+    )
     topics: TopicSettings = Field(default_factory=TopicSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
 
     def pipeline_config(self) -> PipelineConfig:
         """The inference library's view of these settings (it never reads the environment)."""
@@ -133,6 +158,7 @@ class Settings(BaseSettings):
                 detection_confidence=self.search.detection_confidence,
                 max_windows=self.search.max_windows,
                 min_standout=self.search.min_standout,
-                textured_clip_threshold=self.search.textured_clip_threshold,
+                min_local_support=self.search.min_local_support,
+                min_local_share=self.search.min_local_share,
             ),
         )

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker
-from streams.demo_scenes import DemoSet, make_demo_set
+from inference.scenes import DemoSet, make_demo_set
+from streams.broker import EmbeddedBroker, free_port
 from streams.image_server import ImageServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +27,25 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
     with EmbeddedBroker(log_path=log) as running:
         yield running
+
+
+POSTGRES = "postgresql://root@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL whose search_path is a schema of its own, dropped afterwards: tests never see other data."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    schema = f"tagstream_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES, autocommit=True) as connection:
+        connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    yield f"{POSTGRES}?options=-csearch_path%3D{schema}&application_name={schema}"
+    with psycopg.connect(POSTGRES, autocommit=True) as connection:
+        connection.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +116,8 @@ class WorkerFactory:
             "TAGSTREAM_TOPICS__UPLOADS": f"{topics_prefix}.image-uploaded",
             "TAGSTREAM_TOPICS__SUGGESTIONS": f"{topics_prefix}.tag-suggestions",
             "TAGSTREAM_TOPICS__DEAD_LETTERS": f"{topics_prefix}.image-uploaded.dlq",
+            # Workers serve HTTP; a port of their own keeps parallel workers and test runs apart.
+            "TAGSTREAM_WEB_PORT": str(free_port()),
             "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "support"), os.environ.get("PYTHONPATH", "")]),
             **env,
         }

@@ -111,9 +111,7 @@ def dead_letter() -> dict[str, Any]:
     ],
     ids=["ImageUploaded", "TagSuggestions", "DeadLetter"],
 )
-def test_round_trip_is_lossless_and_framed(
-    record_name: str, value: dict[str, Any], schema_id: int
-) -> None:
+def test_round_trip_is_lossless_and_framed(record_name: str, value: dict[str, Any], schema_id: int) -> None:
     data = encode(record_name, value)
 
     assert data[:5] == b"\x00" + schema_id.to_bytes(4, "big")
@@ -208,9 +206,7 @@ def test_message_of_another_record_than_expected_is_refused() -> None:
 
     assert caught.value.reason is DecodeReason.UNEXPECTED_RECORD
     assert caught.value.schema_id == 2
-    assert str(caught.value) == (
-        "schema id 2 is tagstream.TagSuggestions v1, expected tagstream.ImageUploaded"
-    )
+    assert str(caught.value) == ("schema id 2 is tagstream.TagSuggestions v1, expected tagstream.ImageUploaded")
 
 
 def test_expecting_an_unregistered_record_is_a_caller_bug_not_a_bad_message() -> None:

@@ -27,9 +27,7 @@ V2_ID = 100
 
 
 def image_uploaded_v1_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads(
-        files("schemas").joinpath("image_uploaded.v1.avsc").read_text("utf-8")
-    )
+    schema: dict[str, Any] = json.loads(files("schemas").joinpath("image_uploaded.v1.avsc").read_text("utf-8"))
     return schema
 
 
@@ -165,7 +163,5 @@ def test_register_refuses(schema_id: int, schema: dict[str, Any], message: str) 
 
 
 def test_pinning_to_another_records_id_is_refused() -> None:
-    with pytest.raises(
-        SchemaError, match=re.escape("cannot pin tagstream.ImageUploaded to schema id 2")
-    ):
+    with pytest.raises(SchemaError, match=re.escape("cannot pin tagstream.ImageUploaded to schema id 2")):
         AvroCodec(builtin_registry(), pinned={IMAGE_UPLOADED: 2})

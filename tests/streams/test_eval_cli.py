@@ -1,0 +1,45 @@
+"""`tagstream eval` on a few real eval-dev cases: report keys, floors, and no false positive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA
+
+from streams.cli import main
+
+EVAL_DEV = SHARED_DATA / "eval-dev"
+CASES = ("oxford/graf/1to2", "oxford/boat/1to3", "cmp_homogr/adam")
+
+
+@pytest.fixture
+def small_cases(tmp_path: Path) -> Path:
+    """A cases.json with three eval-dev cases; image folders linked so relative paths resolve."""
+    full = json.loads((EVAL_DEV / "cases.json").read_text())
+    chosen = [c for c in full["cases"] if c["case_id"] in CASES]
+    assert len(chosen) == len(CASES), [c["case_id"] for c in full["cases"]]
+    for folder in ("oxford", "cmp_homogr"):
+        (tmp_path / folder).symlink_to(EVAL_DEV / folder)
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps({**full, "cases": chosen}))
+    return path
+
+
+def test_eval_reports_required_keys_floors_and_no_false_positive(
+    small_cases: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAGSTREAM_CACHE_DIR", str(cache_dir))
+    out = tmp_path / "report.json"
+
+    assert main(["eval", "--cases", str(small_cases), "--json", str(out), "--offline"]) == 0
+
+    report = json.loads(out.read_text())
+    assert {"recall_iou50", "mean_iou", "false_positive_rate", "per_sequence", "cases", "seconds"} <= set(report)
+    assert report["boxes"] == 9
+    assert report["recall_iou50"] >= 0.85
+    assert report["mean_iou"] >= 0.8
+    assert report["negatives"] > 0 and report["false_positive_rate"] == 0.0
+    for name, metrics in report["per_sequence"].items():
+        assert metrics["mean_iou_all"] > metrics["trivial_baseline_iou"], name
