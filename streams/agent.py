@@ -40,22 +40,42 @@ class SuggestAgent:
         max_batch: int,
         max_wait_s: float,
         metrics: Metrics,
+        batches_in_flight: int = 2,
     ) -> None:
         self._outputs = outputs
         self._processor = processor
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._metrics = metrics
+        self._batches_in_flight = batches_in_flight
         self.agent = app.agent(uploads, name="suggest")(self._consume)
 
     async def _consume(self, stream: StreamT) -> None:
+        """Hand each batch to a task and take the next one while it runs.
+
+        With two batches in flight, the next batch's images are fetched and decoded while the
+        current one is in the model (model calls themselves are serialised by the engine). The
+        extra reference taken here is what makes it safe to leave the loop body early.
+        """
         processor = await self._processor()
+        slots = asyncio.Semaphore(self._batches_in_flight)
+        running: set[asyncio.Task[None]] = set()
         # take_events is on faust.Stream but missing from its StreamT interface.
         batches = cast(faust.Stream, stream).take_events(self._max_batch, within=self._max_wait_s)
-        async for events in batches:
-            for event in events:
-                event.message.incref()
-            await self._handle(stream, processor, events)
+        try:
+            async for events in batches:
+                for event in events:
+                    event.message.incref()
+                await slots.acquire()
+                task = asyncio.create_task(self._handle(stream, processor, events))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: slots.release())
+                task.add_done_callback(_report_crash)
+        finally:
+            # Unfinished batches stay unacknowledged, so they are consumed again after a restart.
+            for task in running:
+                task.cancel()
 
     async def _handle(self, stream: StreamT, processor: SuggestionProcessor, events: Sequence[EventT]) -> None:
         received_at = datetime.now(timezone.utc)
@@ -102,3 +122,13 @@ class SuggestAgent:
                 log.warning("publish to %s failed (%r); retrying in %.1fs", outcome.topic, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, PUBLISH_BACKOFF_MAX_S)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A batch task that raised left its events unacknowledged: say so loudly.
+
+    The processor turns every known failure into a dead letter, so this is a bug; the events
+    are not lost (their offsets cannot be committed) and are consumed again after a restart.
+    """
+    if not task.cancelled() and task.exception() is not None:
+        log.error("batch task failed; its events stay uncommitted until restart", exc_info=task.exception())

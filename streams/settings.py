@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     )
     app_id: str = Field("tagstream", description="Faust app id: the consumer group of the suggestion workers.")
     max_batch: int = Field(8, description="Micro-batch size: events taken from the stream at once.")
+    batches_in_flight: int = Field(
+        2, description="Micro-batches a worker holds at once: the next batch is fetched while the model runs this one."
+    )
     max_wait_s: float = Field(0.2, description="Longest wait to fill a micro-batch before processing what arrived.")
     pipeline_attempts: int = Field(
         2, description="Attempts for an event whose inference raises before it is dead-lettered."

@@ -54,7 +54,9 @@ def build_worker_app(settings: Settings) -> faust.App:
     }
     engines = EngineProvider(settings, metrics)
     processors = ProcessorProvider(settings, engines)
-    SuggestAgent(app, uploads, outputs, processors, settings.max_batch, settings.max_wait_s, metrics)
+    SuggestAgent(
+        app, uploads, outputs, processors, settings.max_batch, settings.max_wait_s, metrics, settings.batches_in_flight
+    )
     install_http_api(app, HttpApi(app, engines, metrics))
     return app
 
