@@ -42,11 +42,17 @@ def _quantise(value: float) -> float:
 
 
 def sliding_windows(size: tuple[float, float], overlap: float, max_count: int, width: int, height: int) -> list[BBox]:
-    """A grid of ``size`` windows covering the image; the stride widens to stay under ``max_count``."""
+    """A grid of ``size`` windows covering the image; the stride widens to stay under ``max_count``.
+
+    Both borders are always covered, so a window smaller than the image in both directions
+    gives at least 2 x 2 windows even when ``max_count`` is smaller.
+    """
     w, h = size
     stride_x = max(w * (1.0 - overlap), 1.0)
     stride_y = max(h * (1.0 - overlap), 1.0)
-    while _grid_count(width, w, stride_x) * _grid_count(height, h, stride_y) > max_count:
+    while _grid_count(width, w, stride_x) * _grid_count(height, h, stride_y) > max_count and (
+        stride_x < width or stride_y < height
+    ):
         stride_x *= 1.25
         stride_y *= 1.25
     return [BBox(x, y, w, h) for y in _grid(height, h, stride_y) for x in _grid(width, w, stride_x)]

@@ -9,6 +9,12 @@ def test_windows_cover_both_borders_and_respect_the_cap() -> None:
     assert min(w.y for w in windows) == 0.0 and max(w.y2 for w in windows) == 480.0
 
 
+def test_a_tiny_budget_still_terminates_with_the_corner_windows() -> None:
+    windows = sliding_windows((100.0, 80.0), overlap=0.5, max_count=1, width=640, height=480)
+    assert len(windows) == 4
+    assert {(w.x, w.y) for w in windows} == {(0.0, 0.0), (540.0, 0.0), (0.0, 400.0), (540.0, 400.0)}
+
+
 def test_window_larger_than_image_is_one_window() -> None:
     assert sliding_windows((800.0, 600.0), 0.5, 10, 640, 480) == [BBox(0.0, 0.0, 800.0, 600.0)]
 
