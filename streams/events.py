@@ -4,6 +4,9 @@ Validation splits problems by what they spoil. A problem that makes the whole ev
 (no ids, no target URL, too many sources or tags, a malformed URL) dead-letters the event. A
 problem confined to one tag (a box with NaN, infinite or non-positive size) becomes that tag's
 ``error`` in the suggestion event, so the other tags of the upload are still answered.
+
+Both kinds of reason start with a stable code (``too_many_tags: ...``, ``bbox_not_finite: ...``)
+so that dashboards and consumers can group them without parsing prose.
 """
 
 from __future__ import annotations
@@ -104,11 +107,11 @@ def _parse_tag(tag: dict[str, Any]) -> UploadTag:
     bbox = BBox(*values)
     error = None
     if not str(tag["product_id"]).strip():
-        error = "empty product_id"
+        error = "empty_product_id: product_id is empty"
     elif not all(math.isfinite(v) for v in values):
-        error = f"bbox has a non-finite value: {values}"
+        error = f"bbox_not_finite: bbox has a non-finite value: {values}"
     elif bbox.width <= 0 or bbox.height <= 0:
-        error = f"bbox has non-positive size: width={bbox.width}, height={bbox.height}"
+        error = f"bbox_not_positive: bbox has non-positive size: width={bbox.width}, height={bbox.height}"
     return UploadTag(SourceTag(tag["product_id"], bbox), error)
 
 

@@ -221,14 +221,23 @@ def _match_request(
     position = 0
     for source in event.sources:
         tags: list[SourceTag] = []
+        image = images[source.image_url]
+        assert not isinstance(image, FetchError)
+        height, width = image.shape[:2]
         for upload_tag in source.tags:
-            if upload_tag.error is not None:
-                tag_errors[position] = upload_tag.error
+            error = upload_tag.error
+            if error is None and upload_tag.tag.bbox.clip(width, height).area <= 0:
+                # Only now is the source image's size known; any pipeline (plugins too) gets this.
+                box = upload_tag.tag.bbox
+                error = (
+                    f"bbox_outside_image: bbox (x={box.x:g}, y={box.y:g}, w={box.width:g}, h={box.height:g}) "
+                    f"does not overlap the {width}x{height} source image"
+                )
+            if error is not None:
+                tag_errors[position] = error
             else:
                 tags.append(upload_tag.tag)
             position += 1
-        image = images[source.image_url]
-        assert not isinstance(image, FetchError)
         sources.append(SourceImage(source.image_url, image, tuple(tags)))
     request = MatchRequest(event.event_id, target, tuple(sources), event.similarity_threshold)
     return request, tag_errors

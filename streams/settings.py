@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         2, description="Micro-batches a worker holds at once: the next batch is fetched while the model runs this one."
     )
     max_wait_s: float = Field(0.2, description="Longest wait to fill a micro-batch before processing what arrived.")
+    max_sources: int = Field(
+        16, description="Most source images one upload event may carry; more dead-letters it (too_many_sources)."
+    )
+    max_tags: int = Field(
+        64, description="Most tags (over all sources) one upload event may carry; more dead-letters it (too_many_tags)."
+    )
     pipeline_attempts: int = Field(
         2, description="Attempts for an event whose inference raises before it is dead-lettered."
     )

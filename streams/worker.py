@@ -9,6 +9,7 @@ import faust
 from streams.agent import SuggestAgent
 from streams.app import create_app, raw_topic
 from streams.engine import EngineProvider
+from streams.events import EventLimits
 from streams.metrics import Metrics
 from streams.processor import RetryPolicy, SuggestionProcessor, Topics
 from streams.settings import Settings
@@ -39,6 +40,7 @@ class ProcessorProvider:
                     Topics(settings.topics.suggestions, settings.topics.dead_letters),
                     engine.model,
                     RetryPolicy(settings.fetch.attempts, settings.fetch.backoff_s, settings.pipeline_attempts),
+                    EventLimits(max_sources=settings.max_sources, max_tags=settings.max_tags),
                 )
             return self._processor
 

@@ -1,0 +1,385 @@
+"""Faults through a real broker and real worker processes: nothing lost, every failure explained.
+
+The worker runs with ``trivial_pipeline`` (no models) where the fault is in the stream machinery
+(broker outages, image hosts, poison messages, validation), so these tests spend their time on
+the fault and not on CLIP; the model-raising and SIGKILL cases with the real (offline) models
+are in test_worker_e2e.py. Each test appends its figures to reliability.jsonl (see
+tests/support/reliability_report.py); docs/reliability.md is filled from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaProducer
+from conftest import WorkerFactory, collect, upload_records
+from hostile_http import HostileServer, delayed, flaky, stall, status
+from PIL import Image
+from reliability_report import report
+
+from inference.scenes import DemoSet
+from schemas import DEAD_LETTER, IMAGE_UPLOADED, encode
+from streams.broker import EmbeddedBroker
+from streams.image_server import ImageServer
+from streams.kafka_io import complete_upload, produce_uploads
+
+TRIVIAL = {"TAGSTREAM_PIPELINE_FACTORY": "trivial_pipeline:build"}
+
+
+def _topics(prefix: str) -> tuple[str, str, str]:
+    return f"{prefix}.image-uploaded", f"{prefix}.tag-suggestions", f"{prefix}.image-uploaded.dlq"
+
+
+def _ids(records: list[dict[str, object]]) -> set[str]:
+    return {str(r["upload_event_id"]) for r in records}
+
+
+def _wait_ids(broker: EmbeddedBroker, topic: str, wanted: set[str], timeout_s: float) -> set[str]:
+    """Distinct upload_event_ids on ``topic`` once all of ``wanted`` arrived (or the time is up)."""
+    deadline = time.monotonic() + timeout_s
+    seen: set[str] = set()
+    while time.monotonic() < deadline and not wanted <= seen:
+        seen = _ids(collect(broker, topic, 100_000, timeout_s=3))
+    return seen
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker of the test's own, so stopping or freezing it disturbs no other test."""
+    broker = EmbeddedBroker(log_path=tmp_path / "own-tansu.log")
+    yield broker
+    broker.stop()
+
+
+def _many(demo_set: DemoSet, server: ImageServer, prefix: str, n: int) -> list[dict[str, Any]]:
+    records = upload_records(demo_set, server)
+    return [{**records[i % len(records)], "upload_id": f"{prefix}-{i}"} for i in range(n)]
+
+
+# --- broker faults ------------------------------------------------------------------------
+
+
+def test_broker_unavailable_at_start(
+    own_broker: EmbeddedBroker,
+    workers: WorkerFactory,
+    demo_set: DemoSet,
+    image_server: ImageServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    uploads, suggestions, _ = _topics("nobroker")
+    worker = workers.start("nobroker", "nobroker", TAGSTREAM_BROKER=own_broker.url, **TRIVIAL)
+    time.sleep(15)  # the worker starts, finds nobody on the port, and must keep trying
+    assert worker.process.poll() is None, worker.output()[-3000:]
+    own_broker.start()
+    sent = asyncio.run(produce_uploads(own_broker.url, uploads, _many(demo_set, image_server, "nobroker", 20)))
+    wanted = {e["event_id"] for e in sent}
+
+    answered = _wait_ids(own_broker, suggestions, wanted, timeout_s=180)
+
+    assert answered == wanted
+    report(tmp_path_factory, "broker unavailable at worker start (15 s)", len(sent), len(answered), 0)
+
+
+def test_broker_frozen_mid_stream(
+    own_broker: EmbeddedBroker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """SIGSTOP for 20 s while batches are being fetched and published (a network partition).
+
+    Images answer after 0.4 s, so the worker is still busy with the first 40 events when the
+    broker freezes; suggestions stamped after the thaw prove the outage hit mid-stream.
+    """
+    uploads, suggestions, _ = _topics("frozen")
+    with HostileServer() as host:
+        host.routes["/slow.png"] = delayed(0.4, status(200, _png(), "image/png"))
+        records = [
+            {"upload_id": f"frozen-{i}", "target_image_url": host.url("/slow.png"), "sources": []} for i in range(60)
+        ]
+        # Distinct URLs defeat the image cache: every event waits for its own download.
+        for index, record in enumerate(records):
+            record["target_image_url"] = f"{record['target_image_url']}?n={index}"
+            host.routes[f"/slow.png?n={index}"] = host.routes["/slow.png"]
+        own_broker.start()
+        first = asyncio.run(produce_uploads(own_broker.url, uploads, records[:40]))
+        workers.start("frozen", "frozen", TAGSTREAM_BROKER=own_broker.url, TAGSTREAM_MAX_BATCH="2", **TRIVIAL)
+        collect(own_broker, suggestions, 4, timeout_s=120)
+        own_broker.pause()
+        time.sleep(20)  # longer than the 6 s session timeout: the group falls apart too
+        thawed = datetime.now(timezone.utc)
+        own_broker.resume()
+        second = asyncio.run(produce_uploads(own_broker.url, uploads, records[40:]))
+        wanted = {e["event_id"] for e in first + second}
+
+        answered = _wait_ids(own_broker, suggestions, wanted, timeout_s=240)
+        raw = collect(own_broker, suggestions, 100_000, timeout_s=3)
+
+    assert answered == wanted
+    first_ids = {e["event_id"] for e in first}
+    after_thaw = {str(r["upload_event_id"]) for r in raw if r["processed_at"] >= thawed} & first_ids  # type: ignore[operator]
+    assert after_thaw, "the freeze did not hit the stream mid-way"
+    report(
+        tmp_path_factory,
+        "broker frozen (SIGSTOP) 20 s mid-stream",
+        len(wanted),
+        len(answered),
+        0,
+        duplicates=len(raw) - len(answered),
+        first_wave_finished_after_thaw=len(after_thaw),
+    )
+
+
+# --- image hosts --------------------------------------------------------------------------
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((48, 64, 3), 100, dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_image_host_flaky_slow_and_broken(
+    broker: EmbeddedBroker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """500 twice then 200 succeeds; hanging, always-500 and 404 hosts end as dead letters."""
+    uploads, suggestions, dead_letters = _topics("hosts")
+    png = _png()
+    with HostileServer() as host:
+        host.routes["/ok.png"] = status(200, png, "image/png")
+        host.routes["/flaky.png"] = flaky(2, status(200, png, "image/png"))
+        host.routes["/slow.png"] = stall(60)
+        host.routes["/down.png"] = status(503, b"down")
+        source = {
+            "image_url": host.url("/ok.png"),
+            "tags": [{"product_id": "p1", "bbox": {"x": 1.0, "y": 1.0, "width": 20.0, "height": 20.0}}],
+        }
+        names = ["ok", "flaky", "slow", "down", "missing"]
+        records = [{"upload_id": n, "target_image_url": host.url(f"/{n}.png"), "sources": [source]} for n in names]
+        sent = asyncio.run(produce_uploads(broker.url, uploads, records))
+        workers.start(
+            "hosts",
+            "hosts",
+            TAGSTREAM_FETCH__ATTEMPTS="3",
+            TAGSTREAM_FETCH__BACKOFF_S="0.2",
+            TAGSTREAM_FETCH__READ_TIMEOUT_S="1.5",
+            **TRIVIAL,
+        )
+        answered = collect(broker, suggestions, 2, timeout_s=120)
+        letters = collect(broker, dead_letters, 3, timeout_s=60)
+
+        assert sorted(str(a["upload_id"]) for a in answered) == ["flaky", "ok"]
+        by_upload = {str(letter["upload_id"]): letter for letter in letters}
+        assert set(by_upload) == {"slow", "down", "missing"}
+        assert str(by_upload["slow"]["error_message"]).startswith("timeout:")
+        assert by_upload["slow"]["attempts"] == 3
+        assert "HTTP 503" in str(by_upload["down"]["error_message"])
+        assert by_upload["down"]["attempts"] == 3
+        assert "HTTP 404" in str(by_upload["missing"]["error_message"])
+        assert by_upload["missing"]["attempts"] == 1
+        assert host.hits["/flaky.png"] == 3  # two 500s, then the image
+        assert host.hits["/slow.png"] == 3
+        assert host.hits["/down.png"] == 3
+        assert host.hits["/missing.png"] == 1  # permanent: not retried
+        assert _ids(answered) | _ids(letters) == {e["event_id"] for e in sent}
+        report(
+            tmp_path_factory,
+            "image host: 500x2 then 200 / hangs / always 503 / 404",
+            len(sent),
+            len(answered),
+            len(letters),
+            reasons={n: f"{x['error_message']} (attempts {x['attempts']})" for n, x in sorted(by_upload.items())},
+            hits=dict(host.hits),
+        )
+
+
+# --- poison messages and invalid events -----------------------------------------------------
+
+
+def _dead_letter_bytes() -> bytes:
+    """A well-formed Avro message of the wrong record type (a DeadLetter on the uploads topic)."""
+    return encode(
+        DEAD_LETTER,
+        {
+            "event_id": str(uuid.uuid4()),
+            "original_topic": "x",
+            "original_partition": 0,
+            "original_offset": 0,
+            "key": None,
+            "value": b"",
+            "error_kind": "x",
+            "error_message": "x",
+            "attempts": 1,
+            "failed_at": datetime.now(timezone.utc),
+            "upload_id": None,
+            "upload_event_id": None,
+        },
+    )
+
+
+async def _produce_partition0(broker: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=broker.removeprefix("kafka://"), acks="all")
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send_and_wait(topic=_POISON_TOPIC, value=value, key=key, partition=0)
+    finally:
+        await producer.stop()
+
+
+_POISON_TOPIC = "poison.image-uploaded"
+
+
+def test_poison_messages_never_block_their_partition(
+    broker: EmbeddedBroker,
+    workers: WorkerFactory,
+    demo_set: DemoSet,
+    image_server: ImageServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    _, suggestions, dead_letters = _topics("poison")
+    good = [complete_upload(r) for r in _many(demo_set, image_server, "poison", 8)]
+    valid = encode(IMAGE_UPLOADED, good[0])
+    poisons = {
+        b"p-garbage": b"\xffnot avro at all",
+        b"p-empty": b"",
+        b"p-unknown-schema": b"\x00" + (987654).to_bytes(4, "big") + b"\x02\x04",
+        b"p-wrong-record": _dead_letter_bytes(),
+        b"p-truncated": valid[:-7],
+        b"p-trailing": valid + b"\x00\x00junk",
+    }
+    # Poison first, then alternating with good events, all on partition 0.
+    messages: list[tuple[bytes, bytes]] = []
+    poison_items = list(poisons.items())
+    for index, record in enumerate(good):
+        if index < len(poison_items):
+            messages.append(poison_items[index])
+        messages.append((record["upload_id"].encode(), encode(IMAGE_UPLOADED, record)))
+    asyncio.run(_produce_partition0(broker.url, messages))
+    workers.start("poison", "poison", TAGSTREAM_MAX_BATCH="3", **TRIVIAL)
+
+    answered = _wait_ids(broker, suggestions, {e["event_id"] for e in good}, timeout_s=120)
+    letters = collect(broker, dead_letters, len(poisons), timeout_s=60)
+
+    assert answered == {e["event_id"] for e in good}
+    by_key = {bytes(letter["key"]): letter for letter in letters}  # type: ignore[arg-type]
+    assert set(by_key) == set(poisons)
+    expected_reason = {
+        b"p-garbage": "bad_magic",
+        b"p-empty": "too_short",
+        b"p-unknown-schema": "unknown_schema_id",
+        b"p-wrong-record": "unexpected_record",
+        b"p-truncated": "corrupt_body",
+        b"p-trailing": "trailing_bytes",
+    }
+    for key, letter in by_key.items():
+        assert letter["error_kind"] == "decode_error"
+        assert str(letter["error_message"]).startswith(expected_reason[key] + ":"), letter["error_message"]
+        assert letter["value"] == poisons[key]  # re-publishable as is
+        assert letter["original_partition"] == 0
+    report(
+        tmp_path_factory,
+        "poison messages interleaved with good events on one partition",
+        len(messages),
+        len(answered),
+        len(letters),
+        reasons={k.decode(): str(v["error_message"])[:90] for k, v in sorted(by_key.items())},
+    )
+
+
+def test_invalid_events_get_precise_reasons(
+    broker: EmbeddedBroker,
+    workers: WorkerFactory,
+    demo_set: DemoSet,
+    image_server: ImageServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Event-level problems → dead letters; tag-level problems → that tag's ``error``.
+
+    The limits come from settings (TAGSTREAM_MAX_SOURCES / TAGSTREAM_MAX_TAGS), which this
+    worker lowers to 2 and 8: exactly at the limit passes, one over is dead-lettered.
+    """
+    uploads, suggestions, dead_letters = _topics("invalid")
+    image = image_server.url(f"{next(iter(demo_set.source_tags))}.png")
+    target = image_server.url(f"{next(iter(demo_set.uploads))}.png")
+
+    def tag(product_id: str, x: float = 5.0, y: float = 5.0, w: float = 30.0, h: float = 30.0) -> dict[str, Any]:
+        return {"product_id": product_id, "bbox": {"x": x, "y": y, "width": w, "height": h}}
+
+    def source(tags: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"image_url": image, "tags": tags}
+
+    per_tag = [
+        tag("good"),
+        tag("nan", x=math.nan),
+        tag("inf", w=math.inf),
+        tag("zero", w=0.0),
+        tag("negative", h=-4.0),
+        tag("outside", x=100_000.0, y=100_000.0),
+        tag("  "),
+    ]
+    good_tags = [tag(f"t{i}") for i in range(8)]
+    records = {
+        "at-limits": {"sources": [source(good_tags[:4]), source(good_tags[4:])]},
+        "per-tag": {"sources": [source(per_tag[:4]), source(per_tag[4:])]},
+        "too-many-sources": {"sources": [source([tag("a")]) for _ in range(3)]},
+        "too-many-tags": {"sources": [source([*good_tags, tag("t9")])]},
+        "empty-event-id": {"event_id": "", "sources": []},
+        "bad-url": {"target_image_url": "ftp://example.com/x.png", "sources": []},
+        "relative-url": {"target_image_url": "/images/x.png", "sources": []},
+        "bad-threshold": {"similarity_threshold": 1.5, "sources": []},
+        "nan-threshold": {"similarity_threshold": math.nan, "sources": []},
+    }
+    events = [{"upload_id": name, "target_image_url": target, **fields} for name, fields in records.items()]
+    events.append({"upload_id": " ", "target_image_url": target, "sources": []})  # blank upload id
+    sent = asyncio.run(produce_uploads(broker.url, uploads, events))
+    workers.start("invalid", "invalid", TAGSTREAM_MAX_SOURCES="2", TAGSTREAM_MAX_TAGS="8", **TRIVIAL)
+
+    answered = collect(broker, suggestions, 2, timeout_s=120)
+    letters = collect(broker, dead_letters, len(sent) - 2, timeout_s=60)
+
+    assert sorted(str(a["upload_id"]) for a in answered) == ["at-limits", "per-tag"]
+    errors = {
+        s["product_id"]: s["error"]
+        for a in answered
+        if a["upload_id"] == "per-tag"
+        for s in a["suggestions"]  # type: ignore[attr-defined]
+    }
+    assert errors["good"] is None
+    assert errors["nan"].startswith("bbox_not_finite:")
+    assert errors["inf"].startswith("bbox_not_finite:")
+    assert errors["zero"].startswith("bbox_not_positive:")
+    assert errors["negative"].startswith("bbox_not_positive:")
+    assert errors["outside"].startswith("bbox_outside_image:")
+    assert errors["  "].startswith("empty_product_id:")
+    by_key = {bytes(letter["key"]).decode(): letter for letter in letters}  # type: ignore[arg-type]
+    expected = {
+        "too-many-sources": "too_many_sources: 3 sources, limit 2",
+        "too-many-tags": "too_many_tags: 9 tags, limit 8",
+        "empty-event-id": "empty_field: event_id is empty",
+        "bad-url": "bad_url:",
+        "relative-url": "bad_url:",
+        "bad-threshold": "bad_threshold:",
+        "nan-threshold": "bad_threshold:",
+        " ": "empty_field: upload_id is empty",
+    }
+    assert set(by_key) == set(expected)
+    for key, prefix in expected.items():
+        assert by_key[key]["error_kind"] == "invalid_event"
+        assert str(by_key[key]["error_message"]).startswith(prefix), (key, by_key[key]["error_message"])
+    report(
+        tmp_path_factory,
+        "invalid events (limits from settings: max_sources=2, max_tags=8)",
+        len(sent),
+        len(answered),
+        len(letters),
+        dead_letter_reasons={k: str(v["error_message"]) for k, v in sorted(by_key.items())},
+        tag_errors={k: v for k, v in errors.items() if v},
+    )
