@@ -112,6 +112,7 @@ def run_benchmark(config: BenchConfig, model_dir: Path, progress: Progress = pri
         reference = ReferenceMatcher(detector, embedder)
         progress(f"[{name}] warm-up")
         pipeline.run([MatchRequest("warm", np.zeros((480, 640, 3), np.uint8), ())])
+        embedder.embed(torch.rand(8, 3, embedder.input_size, embedder.input_size))
         progress(f"[{name}] pipeline on {config.uploads} uploads, batches of {config.batch_size}")
         fast = run_strategy(pipeline.run, encoded, sources, config.batch_size)
         progress(f"[{name}] reference on {config.reference_uploads} upload(s) ...")

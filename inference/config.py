@@ -56,9 +56,9 @@ class SearchConfig:
     window_overlap: float = 0.5
     max_windows: int = 48
     # Coarse grid embedded when every pending tag is textured: only the standout test needs it.
-    background_windows: int = 16
+    background_windows: int = 8
     # Match clusters per textured tag that get CLIP windows.
-    max_clusters: int = 2
+    max_clusters: int = 1
     refine_top_k: int = 1
     refine_scales: tuple[float, ...] = (0.85, 1.0, 1.15)
     refine_shift: float = 0.15
