@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,22 +174,9 @@ def collect(broker: EmbeddedBroker, topic: str, count: int, timeout_s: float) ->
     return asyncio.run(run())
 
 
-def upload_records(demo_set: DemoSet, server: ImageServer, names: list[str] | None = None) -> list[dict[str, object]]:
+def upload_records(demo_set: DemoSet, server: ImageServer, names: list[str] | None = None) -> list[dict[str, Any]]:
     """ImageUploaded records (as `tagstream produce` takes them) for the demo set's uploads."""
-    sources = [
-        {
-            "image_url": server.url(f"{source_name}.png"),
-            "tags": [
-                {
-                    "product_id": t.product_id,
-                    "bbox": {"x": t.bbox.x, "y": t.bbox.y, "width": t.bbox.width, "height": t.bbox.height},
-                }
-                for t in tags
-            ],
-        }
-        for source_name, tags in demo_set.source_tags.items()
-    ]
-    return [
-        {"upload_id": name, "target_image_url": server.url(f"{name}.png"), "sources": sources}
-        for name in (names or list(demo_set.uploads))
-    ]
+    from streams.demo import demo_uploads
+
+    records = demo_uploads(demo_set, server)
+    return records if names is None else [r for r in records if r["upload_id"] in names]
