@@ -56,6 +56,7 @@ class _TagJob:
     error: str | None = None
     textured: bool = False
     matches: Correspondences | None = None
+    clusters: list[tuple[float, float]] = field(default_factory=list)
     geometric: GeometricEvidence | None = None
     clip: ClipEvidence | None = None
 
@@ -139,7 +140,10 @@ class Pipeline:
 
     def _clip_could_decide(self, job: _TagJob) -> bool:
         """Skip CLIP for a textured tag whose matches nowhere concentrate: the veto would reject it anyway."""
-        return not job.textured or bool(self._match_clusters(job))
+        if not job.textured:
+            return True
+        job.clusters = self._match_clusters(job)
+        return bool(job.clusters)
 
     def _match_clusters(self, job: _TagJob) -> list[tuple[float, float]]:
         """Centres of the places where a textured tag's matches concentrate enough to pass the veto.
@@ -218,7 +222,7 @@ class Pipeline:
         boxes = [w for size in sizes for w in sliding_windows(size, search.window_overlap, per_size, width, height)]
         for job in jobs:
             if job.textured:
-                for x, y in self._match_clusters(job):
+                for x, y in job.clusters:
                     for scale in search.window_scales:
                         w, h = job.box.width * scale, job.box.height * scale
                         boxes.append(BBox(x - w / 2, y - h / 2, w, h).clip(width, height))
