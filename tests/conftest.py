@@ -94,6 +94,19 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")
 
 
+def start_cli(command: str, environment: dict[str, str], log: Path) -> WorkerProcess:
+    """``python -m streams.cli COMMAND`` from the repo root, its output in ``log``."""
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", command],
+            cwd=REPO,
+            env=environment,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    return WorkerProcess(process, log)
+
+
 class WorkerFactory:
     """Starts ``tagstream worker`` processes against the session broker with offline models."""
 
@@ -122,15 +135,7 @@ class WorkerFactory:
             "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "support"), os.environ.get("PYTHONPATH", "")]),
             **env,
         }
-        with log.open("wb") as handle:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
-                cwd=REPO,
-                env=environment,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
-        worker = WorkerProcess(process, log)
+        worker = start_cli("worker", environment, log)
         self.started.append(worker)
         return worker
 

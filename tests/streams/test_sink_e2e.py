@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from conftest import POSTGRES, REPO, WorkerFactory, WorkerProcess, collect, upload_records, wait_for
+from conftest import POSTGRES, WorkerFactory, WorkerProcess, collect, start_cli, upload_records, wait_for
 
 from inference.scenes import DemoSet
 from schemas import TAG_SUGGESTIONS, encode
@@ -86,15 +84,7 @@ class SinkFactory:
             "TAGSTREAM_SINK__GROUP_ID": topics.sink_group,
             "TAGSTREAM_SINK__DEAD_LETTERS": topics.sink_dead_letters,
         }
-        with log.open("wb") as handle:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "sink"],
-                cwd=REPO,
-                env=environment,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
-        sink = WorkerProcess(process, log)
+        sink = start_cli("sink", environment, log)
         self.started.append(sink)
         return sink
 
