@@ -45,8 +45,10 @@ class SearchConfig:
     the other windows of the same image (look-alike background and untrained networks give
     uniformly high cosines, a real match is an outlier); ``min_local_support`` and
     ``min_local_share`` ask a textured product found by CLIP alone for that many descriptor
-    matches inside the CLIP box, and that share of all its matches, because a product that is
-    really there, even deformed, shares local features with its source photo in one place.
+    matches that agree on one place, scale and rotation (up to deformation, see
+    ``GeometryConfig.local_tolerance``), and for that share of all its matches inside the CLIP
+    box, because a product that is really there, even deformed, shares local features with its
+    source photo in one coherent place, while a look-alike's chance matches disagree.
     """
 
     similarity_threshold: float = 0.75
@@ -57,14 +59,12 @@ class SearchConfig:
     max_windows: int = 48
     # Coarse grid embedded when every pending tag is textured: only the standout test needs it.
     background_windows: int = 8
-    # Match clusters per textured tag that get CLIP windows.
-    max_clusters: int = 1
     refine_top_k: int = 1
     refine_scales: tuple[float, ...] = (0.85, 1.0, 1.15)
     refine_shift: float = 0.15
     min_standout: float = 3.0
     min_local_support: int = 8
-    # ... and that many must be at least this share of all its matches in the image: chance
+    # ... and the CLIP box must hold at least this share of all its matches in the image: chance
     # matches scatter, a present product's matches concentrate in its footprint.
     min_local_share: float = 0.5
     # A source box with at least this many keypoints (over all simulated views) is "textured":

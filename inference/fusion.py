@@ -9,11 +9,13 @@ The rule, in order:
 2. **CLIP alone** — no geometric confirmation, but the best CLIP window reaches the similarity
    threshold *and* stands out from the other windows of the same image. For a textured source
    (enough keypoints for local features to speak) that is not enough: at least
-   ``min_local_support`` descriptor matches, and ``min_local_share`` of all its matches in the
-   image, must land inside the CLIP box. That is the
-   geometric *veto*, phrased so that deformable textured products (clothes, bags), whose
-   matches no rigid model explains, can still be found by CLIP. It is also what keeps a model
-   with meaningless similarities (random weights) from inventing products.
+   ``min_local_support`` descriptor matches must agree on one place, scale and rotation up to
+   deformation (the verifier's local model, which also gives the box CLIP judges), and
+   ``min_local_share`` of all its matches in the image must land inside the CLIP box. That is
+   the geometric *veto*, phrased so that deformable textured products (clothes, bags), whose
+   matches no rigid model explains, can still be found by CLIP, while the chance matches a
+   look-alike product collects (shared glyphs, barcodes) cannot vouch for it. It is also what
+   keeps a model with meaningless similarities (random weights) from inventing products.
 3. Otherwise not found: ``confidence`` is the best CLIP similarity seen, ``bbox`` is null.
 """
 
@@ -35,6 +37,8 @@ class ClipEvidence:
     bbox: BBox
     similarity: float
     standout: float
+    # Descriptor matches vouching for the box: for a textured source, those its local model
+    # explains; otherwise, those inside the box.
     local_support: int = 0
     local_share: float = 0.0
 

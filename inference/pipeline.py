@@ -4,7 +4,9 @@ Work is arranged so each expensive step happens once per unit it depends on:
 detection once per target image (batched across requests), local features once per target
 image, source features and embeddings once per (source image, box) thanks to caches, and
 candidate windows embedded once per target image and scored against every tag in one matrix
-product. CLIP search only runs for tags the geometric verifier did not already confirm.
+product. CLIP only runs for tags the geometric verifier did not already confirm, and for a
+textured tag only where its matches agree locally (a deformed product): there the local model
+already places the product, so CLIP judges one box instead of searching.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from inference.crops import crop_and_resize, image_to_tensor
 from inference.detector import Detector, YoloDetector
 from inference.embedder import ClipEmbedder, Embedder
 from inference.fusion import ClipEvidence, GeometricEvidence, decide, standout
-from inference.geometry import Correspondences, GeometricVerifier, SourceFeatures, TargetFeatures
+from inference.geometry import Correspondences, GeometricVerifier, LocalMatch, SourceFeatures, TargetFeatures
 from inference.runtime import keep_thread_count
 from inference.types import BBox, Detection, MatchRequest, MatchResult, SourceImage, SourceTag, TagMatch
 
@@ -56,7 +58,7 @@ class _TagJob:
     error: str | None = None
     textured: bool = False
     matches: Correspondences | None = None
-    clusters: list[tuple[float, float]] = field(default_factory=list)
+    local: LocalMatch | None = None
     geometric: GeometricEvidence | None = None
     clip: ClipEvidence | None = None
 
@@ -137,29 +139,14 @@ class Pipeline:
             match = self.verifier.fit(job.matches, source, targets[job.request_index], job.box)
             if match is not None:
                 job.geometric = GeometricEvidence(match.bbox, match.confidence)
+            elif job.textured:
+                job.local = self.verifier.local_model(job.matches, source, targets[job.request_index], job.box)
 
     def _clip_could_decide(self, job: _TagJob) -> bool:
-        """Skip CLIP for a textured tag whose matches nowhere concentrate: the veto would reject it anyway."""
+        """Skip CLIP for a textured tag without locally coherent matches: the veto would reject it anyway."""
         if not job.textured:
             return True
-        job.clusters = self._match_clusters(job)
-        return bool(job.clusters)
-
-    def _match_clusters(self, job: _TagJob) -> list[tuple[float, float]]:
-        """Centres of the places where a textured tag's matches concentrate enough to pass the veto.
-
-        Clusters are searched with boxes 1.5x the tag's size, generous enough for the scale
-        changes the CLIP windows themselves allow.
-        """
-        search = self.config.search
-        matches = job.matches
-        if matches is None or len(matches) < search.min_local_support:
-            return []
-        return [
-            (x, y)
-            for count, x, y in matches.clusters(job.box.width * 1.5, job.box.height * 1.5, search.max_clusters)
-            if count >= search.min_local_support and count >= search.min_local_share * len(matches)
-        ]
+        return job.local is not None and job.local.inliers >= self.config.search.min_local_support
 
     def _clip_search(
         self,
@@ -178,55 +165,52 @@ class Pipeline:
         for request_index, positions in by_request.items():
             target = requests[request_index].target
             height, width = target.shape[:2]
+            request_jobs = [jobs[p] for p in positions]
             with clock.stage("crop"):
                 image = image_to_tensor(target, device)
                 boxes = detection_boxes(detections[request_index], search.detection_padding, width, height)
-                boxes += self._windows([jobs[p] for p in positions], width, height)
+                boxes += self._windows(request_jobs, width, height)
+                placed: dict[int, int] = {}  # column -> index of the box its local model gave
+                for column, job in enumerate(request_jobs):
+                    if job.local is not None:
+                        placed[column] = len(boxes)
+                        boxes.append(job.local.bbox)
             scores = self._score(image, boxes, tag_vectors[positions], clock)
-            refined_boxes: list[list[BBox]] = []
+            refined_boxes: dict[int, list[BBox]] = {}
             for column in range(len(positions)):
-                top = torch.topk(scores[:, column], min(search.refine_top_k, len(boxes))).indices.tolist()
-                refined_boxes.append(
-                    [
+                if column not in placed:
+                    top = torch.topk(scores[:, column], min(search.refine_top_k, len(boxes))).indices.tolist()
+                    refined_boxes[column] = [
                         r
                         for i in top
                         for r in refinements(boxes[i], search.refine_scales, search.refine_shift, width, height)
                     ]
-                )
-            flat = [b for group in refined_boxes for b in group]
-            refined_scores = self._score(image, flat, tag_vectors[positions], clock)
+            flat = [b for group in refined_boxes.values() for b in group]
+            refined_scores = self._score(image, flat, tag_vectors[positions], clock) if flat else scores[:0]
             offset = 0
-            for column, position in enumerate(positions):
-                own = refined_scores[offset : offset + len(refined_boxes[column]), column]
-                offset += len(refined_boxes[column])
-                evidence = _best_evidence(boxes, scores[:, column], refined_boxes[column], own)
-                matches = jobs[position].matches
-                support = matches.count_inside(evidence.bbox) if matches is not None else 0
-                share = support / len(matches) if matches else 0.0
-                jobs[position].clip = replace(evidence, local_support=support, local_share=share)
+            for column, job in enumerate(request_jobs):
+                if column in placed:
+                    evidence = _evidence(boxes, scores[:, column], placed[column])
+                else:
+                    own = refined_scores[offset : offset + len(refined_boxes[column]), column]
+                    offset += len(refined_boxes[column])
+                    evidence = _best_evidence(boxes, scores[:, column], refined_boxes[column], own)
+                job.clip = _with_local_evidence(evidence, job)
 
     def _windows(self, jobs: list[_TagJob], width: int, height: int) -> list[BBox]:
-        """Sliding windows for tags without local evidence; windows on the match clusters of the others.
+        """The multi-scale grid when a tag without texture must be searched; else a coarse background grid.
 
-        A textured tag can only pass the veto in a box holding its match cluster, so its windows
-        go there, plus a coarse grid that gives the standout test its background. A tag without
-        texture gets the full multi-scale grid.
+        A textured tag reaches CLIP only with a local model that already placed it, so CLIP
+        judges that one box; the coarse grid gives the standout test its background.
         """
         search = self.config.search
         plain = [job.box for job in jobs if not job.textured]
-        sizes = window_sizes(plain, search.window_scales, width, height)
-        budget = search.max_windows if plain else search.background_windows
-        if not plain:
-            sizes = window_sizes([job.box for job in jobs], (1.0,), width, height)
+        if plain:
+            sizes, budget = window_sizes(plain, search.window_scales, width, height), search.max_windows
+        else:
+            sizes, budget = window_sizes([job.box for job in jobs], (1.0,), width, height), search.background_windows
         per_size = max(budget // max(len(sizes), 1), 1)
-        boxes = [w for size in sizes for w in sliding_windows(size, search.window_overlap, per_size, width, height)]
-        for job in jobs:
-            if job.textured:
-                for x, y in job.clusters:
-                    for scale in search.window_scales:
-                        w, h = job.box.width * scale, job.box.height * scale
-                        boxes.append(BBox(x - w / 2, y - h / 2, w, h).clip(width, height))
-        return boxes
+        return [w for size in sizes for w in sliding_windows(size, search.window_overlap, per_size, width, height)]
 
     def _tag_embeddings(self, jobs: list[_TagJob], clock: StageClock) -> torch.Tensor:
         """Tag embeddings from the cache, computing the missing ones in one batch per source image."""
@@ -314,6 +298,23 @@ def _best_evidence(
     all_boxes = boxes + refined
     all_scores = torch.cat([scores, refined_scores]).tolist()
     best = max(range(len(all_boxes)), key=all_scores.__getitem__)
-    best_box = all_boxes[best]
-    others = [s for b, s in zip(boxes, scores.tolist(), strict=True) if b.iou(best_box) < 0.3]
-    return ClipEvidence(best_box, float(all_scores[best]), standout(all_scores[best], others))
+    return _standing_out(all_boxes[best], float(all_scores[best]), boxes, scores)
+
+
+def _evidence(boxes: list[BBox], scores: torch.Tensor, index: int) -> ClipEvidence:
+    """CLIP's verdict on one given box, against the other windows of the image."""
+    return _standing_out(boxes[index], float(scores[index]), boxes, scores)
+
+
+def _standing_out(box: BBox, score: float, boxes: list[BBox], scores: torch.Tensor) -> ClipEvidence:
+    others = [s for b, s in zip(boxes, scores.tolist(), strict=True) if b.iou(box) < 0.3]
+    return ClipEvidence(box, score, standout(score, others))
+
+
+def _with_local_evidence(evidence: ClipEvidence, job: _TagJob) -> ClipEvidence:
+    """The descriptor matches behind a CLIP box: coherent ones for a textured tag, any inside it otherwise."""
+    matches = job.matches
+    inside = matches.count_inside(evidence.bbox) if matches is not None else 0
+    support = job.local.inliers if job.local is not None else inside
+    share = inside / len(matches) if matches else 0.0
+    return replace(evidence, local_support=support, local_share=share)

@@ -9,8 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from inference.config import SearchConfig
 from inference.evaluation import EvalCase, load_cases, load_image
 from inference.geometry import (
+    Correspondences,
     GeometricMatch,
     GeometricVerifier,
     GeometryConfig,
@@ -19,6 +21,7 @@ from inference.geometry import (
     _is_convex_same_orientation,
     _project,
 )
+from inference.scenes import DemoSet
 from inference.types import BBox, RGBImage
 
 EVAL_DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "eval-dev"
@@ -122,6 +125,98 @@ def test_empty_features_give_none() -> None:
     assert VERIFIER.verify(source, target, BBox(0, 0, 10, 10)) is None
     flat = np.full((40, 40, 3), 128, np.uint8)
     assert len(VERIFIER.target_features(flat).keypoints) == 0
+
+
+# ----------------------------------------------------------------------- local (deformable) model
+
+MIN_LOCAL_SUPPORT = SearchConfig().min_local_support
+
+
+def _frames(source_size: tuple[int, int], target_size: tuple[int, int]) -> tuple[SourceFeatures, TargetFeatures]:
+    """Feature containers that carry only the image geometry `local_model` reads."""
+    no_points, no_descriptors = np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+    source = SourceFeatures(no_points, no_descriptors, BBox(0, 0, 1, 1), *source_size, scale=1.0)
+    return source, TargetFeatures(no_points, no_descriptors, *target_size, scale=1.0)
+
+
+def test_local_model_tolerates_bending_but_not_scattered_matches() -> None:
+    rng = np.random.default_rng(0)
+    box = BBox(100, 80, 160, 120)
+    source_points = np.column_stack([rng.uniform(box.x, box.x2, 60), rng.uniform(box.y, box.y2, 60)])
+    angle, scale, shift = np.radians(25.0), 0.8, np.array([230.0, 150.0])
+    rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    placed = source_points @ rotation.T + shift
+    diagonal = np.hypot(box.width, box.height) * scale
+    # A smooth bend of up to 3% of the product's size: a rigid model fails, the local one must not.
+    bent = placed + 0.03 * diagonal * np.sin(placed[:, ::-1] / 40.0)
+    source, target = _frames((640, 480), (640, 480))
+
+    found = VERIFIER.local_model(Correspondences(source_points, bent), source, target, box)
+
+    assert found is not None and found.inliers >= 55
+    corners = _corners(box) @ rotation.T + shift
+    assert found.bbox.iou(BBox.from_xyxy(*corners.min(axis=0), *corners.max(axis=0))) > 0.85
+
+    # The same source points matched to random places in that region: chance agreement only.
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    scattered = rng.uniform(low, high, (60, 2))
+    chance = VERIFIER.local_model(Correspondences(source_points, scattered), source, target, box)
+    assert chance is None or chance.inliers < MIN_LOCAL_SUPPORT
+
+
+def _bend(image: RGBImage, amplitude: float) -> tuple[RGBImage, np.ndarray]:
+    """``image`` bent like cloth: each row and column displaced along a sine, by ``amplitude`` of its size.
+
+    Returns the bent image on a padded canvas and its coverage mask.
+    """
+    height, width = image.shape[:2]
+    pad = int(amplitude * max(width, height)) + 2
+    ys, xs = np.mgrid[0 : height + 2 * pad, 0 : width + 2 * pad].astype(np.float32)
+    u, v = (xs - pad) / width, (ys - pad) / height
+    map_x = (xs - pad - amplitude * width * np.sin(np.pi * 1.5 * v + 0.7)).astype(np.float32)
+    map_y = (ys - pad - amplitude * height * np.sin(np.pi * 1.5 * u + 2.1)).astype(np.float32)
+    bent = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    mask = cv2.remap(np.full((height, width), 255, np.uint8), map_x, map_y, cv2.INTER_NEAREST)
+    return np.asarray(bent, np.uint8), np.asarray(mask, np.uint8)
+
+
+# The bent outline bulges past the similarity's box, more so the stronger the bend (measured IoU
+# 0.95 and 0.74); at 0.12 the rigid verifier's box is already off (IoU 0.51).
+@pytest.mark.parametrize(("amplitude", "iou_floor"), [(0.06, 0.85), (0.12, 0.65)])
+def test_local_model_places_a_bent_product(amplitude: float, iou_floor: float) -> None:
+    catalogue = _textured_image(480, 360, seed=5)
+    box = BBox(140, 100, 200, 150)
+    product = catalogue[100:250, 140:340]
+    bent, mask = _bend(product, amplitude)
+    scene = _textured_image(640, 480, seed=6) // 3  # a dim, unrelated background
+    y, x = 150, 220
+    region = scene[y : y + bent.shape[0], x : x + bent.shape[1]]
+    region[mask > 0] = bent[mask > 0]
+    rows, cols = np.nonzero(mask)
+    truth = BBox.from_xyxy(x + cols.min(), y + rows.min(), x + cols.max() + 1, y + rows.max() + 1)
+    source, target = VERIFIER.source_features(catalogue, box), VERIFIER.target_features(scene)
+
+    found = VERIFIER.local_model(VERIFIER.correspondences(source, target, box), source, target, box)
+
+    assert found is not None and found.inliers >= 3 * MIN_LOCAL_SUPPORT
+    assert found.bbox.iou(truth) > iou_floor
+
+
+def test_local_model_finds_no_coherent_place_for_absent_lookalikes(demo_set: DemoSet) -> None:
+    """The demo's products share glyphs, bars and dots: absent ones collect matches, but chance ones."""
+    checked = 0
+    for upload, image in demo_set.uploads.items():
+        target = VERIFIER.target_features(image)
+        for catalogue in demo_set.source_images():
+            for tag in catalogue.tags:
+                if demo_set.ground_truth[upload][tag.product_id] is not None:
+                    continue
+                source = VERIFIER.source_features(catalogue.image, tag.bbox)
+                matches = VERIFIER.correspondences(source, target, tag.bbox)
+                found = VERIFIER.local_model(matches, source, target, tag.bbox)
+                checked += len(matches) >= MIN_LOCAL_SUPPORT
+                assert found is None or found.inliers < MIN_LOCAL_SUPPORT, (upload, tag.product_id)
+    assert checked >= 3  # absent products that do collect enough matches to be tempting
 
 
 # ------------------------------------------------------------------------------- real photographs

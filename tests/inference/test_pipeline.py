@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 
 from inference.config import ModelConfig, PipelineConfig
 from inference.detector import YoloDetector
-from inference.embedder import ClipEmbedder
+from inference.embedder import ClipEmbedder, Embedder
+from inference.geometry import GeometricVerifier
 from inference.pipeline import Pipeline
 from inference.scenes import DemoSet
 from inference.types import BBox, MatchRequest, SourceImage, SourceTag
@@ -68,3 +70,57 @@ def test_source_work_is_cached_across_batches(pipeline: Pipeline, demo_set: Demo
     misses = pipeline.source_cache_misses
     pipeline.run([request])
     assert pipeline.source_cache_misses == misses
+
+
+class _CountingEmbedder:
+    """The real embedder, counting the crops it is asked to embed."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self._inner = inner
+        self.name, self.input_size, self.device = inner.name, inner.input_size, inner.device
+        self.crops = 0
+
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        self.crops += crops.shape[0]
+        return self._inner.embed(crops)
+
+
+def test_lookalike_matches_send_nothing_to_clip(pipeline: Pipeline, demo_set: DemoSet) -> None:
+    """Absent products collect chance matches on look-alikes; without a coherent local model CLIP never runs."""
+    counting = _CountingEmbedder(pipeline.embedder)
+    fast = Pipeline(pipeline.detector, counting, pipeline.verifier, pipeline.config)
+    requests = [MatchRequest(name, image, demo_set.source_images()) for name, image in demo_set.uploads.items()]
+    absent = [pid for truth in demo_set.ground_truth.values() for pid, box in truth.items() if box is None]
+
+    results = fast.run(requests)
+
+    assert absent, "the demo set must leave products out"
+    assert all(
+        not m.found for r in results for m in r.matches if demo_set.ground_truth[r.request_id][m.product_id] is None
+    )
+    assert counting.crops == 0
+
+
+def test_without_a_rigid_model_clip_judges_the_box_the_local_model_gives(pipeline: Pipeline, demo_set: DemoSet) -> None:
+    """No rigid fit allowed, and a CLIP that accepts anything: textured products land where their matches agree."""
+    counting = _CountingEmbedder(pipeline.embedder)
+    config = replace(
+        pipeline.config, search=replace(pipeline.config.search, similarity_threshold=-1.0, min_standout=-1e9)
+    )
+    no_rigid = GeometricVerifier(replace(pipeline.verifier.config, min_inliers=10**6))
+    local_only = Pipeline(pipeline.detector, counting, no_rigid, config)
+    requests = [MatchRequest(name, image, demo_set.source_images()) for name, image in demo_set.uploads.items()]
+
+    results = local_only.run(requests)
+
+    for result in results:
+        for match in result.matches:
+            expected = demo_set.ground_truth[result.request_id][match.product_id]
+            if expected is None:
+                assert not match.found, match  # the veto holds even when CLIP would accept anything
+            else:
+                assert match.found and match.method == "clip", match
+                assert match.bbox is not None and match.bbox.iou(expected) > 0.75, (match, expected)
+    present = sum(box is not None for truth in demo_set.ground_truth.values() for box in truth.values())
+    # One local box per present product, plus the coarse background grid of each upload: no search.
+    assert counting.crops <= present + len(requests) * pipeline.config.search.background_windows
