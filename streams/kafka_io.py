@@ -10,11 +10,13 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaConnectionError
 
 from schemas import IMAGE_UPLOADED, DecodeError, decode, encode
 
@@ -25,6 +27,29 @@ def bootstrap_servers(broker: str) -> list[str]:
     """``kafka://a:9092;b:9092`` (Faust style) or ``a:9092,b:9092`` → ``["a:9092", "b:9092"]``."""
     hosts = broker.replace(";", ",").split(",")
     return [h.strip().removeprefix("kafka://") for h in hosts if h.strip()]
+
+
+async def wait_for_broker(
+    broker: str, on_retry: Callable[[Exception, float], None], max_delay_s: float = 10.0
+) -> None:
+    """Return once the broker answers a metadata request; until then retry with growing delays.
+
+    A worker started before its broker (a deploy, a host reboot) must wait for it: the consumer
+    and producer Faust builds give up, and the worker exits, at the first refused connection.
+    ``on_retry(error, delay_s)`` is called before each wait.
+    """
+    delay = min(0.5, max_delay_s)
+    while True:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap_servers(broker))
+        try:
+            await client.bootstrap()
+            return
+        except KafkaConnectionError as exc:
+            on_retry(exc, delay)
+        finally:
+            await client.close()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay_s)
 
 
 def complete_upload(record: dict[str, Any]) -> dict[str, Any]:

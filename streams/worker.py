@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import faust
 
@@ -10,10 +11,13 @@ from streams.agent import SuggestAgent
 from streams.app import create_app, raw_topic
 from streams.engine import EngineProvider
 from streams.events import EventLimits
+from streams.kafka_io import wait_for_broker
 from streams.metrics import Metrics
 from streams.processor import RetryPolicy, SuggestionProcessor, Topics
 from streams.settings import Settings
 from streams.web import HttpApi, install_http_api, observe_requests
+
+log = logging.getLogger(__name__)
 
 
 class ProcessorProvider:
@@ -65,6 +69,14 @@ def build_worker_app(settings: Settings) -> faust.App:
 
 def run_worker(settings: Settings) -> None:
     app = build_worker_app(settings)
+    # The worker's event loop first waits for the broker, then runs Faust.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(wait_for_broker(settings.broker, _broker_unavailable))
     # Logging is the CLI's (streams.logs): mode's worker would replace it with its own format.
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, override_logging=False)
+    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level.upper(), quiet=True, override_logging=False)
     worker.execute_from_commandline()
+
+
+def _broker_unavailable(error: Exception, delay_s: float) -> None:
+    log.warning("broker unavailable (%s); retrying in %.1fs", error, delay_s)
