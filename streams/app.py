@@ -8,12 +8,13 @@ from pathlib import Path
 import faust
 from aiohttp.typedefs import Middleware
 
+from streams.faust_transport import use_fetch_wait
 from streams.settings import Settings
 
 
 def create_app(settings: Settings, middlewares: Sequence[Middleware] = ()) -> faust.App:
     """``middlewares`` wrap every request of the worker's web server (aiohttp, Faust's built-in driver)."""
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=settings.broker,
         store="memory://",
@@ -41,6 +42,8 @@ def create_app(settings: Settings, middlewares: Sequence[Middleware] = ()) -> fa
         stream_processing_timeout=300.0,
         producer_request_timeout=30.0,
     )
+    use_fetch_wait(app, settings.fetch_wait_s)
+    return app
 
 
 def raw_topic(app: faust.App, name: str, partitions: int | None = None) -> faust.TopicT:

@@ -114,7 +114,16 @@ class Settings(BaseSettings):
     batches_in_flight: int = Field(
         2, description="Micro-batches a worker holds at once: the next batch is fetched while the model runs this one."
     )
-    max_wait_s: float = Field(0.2, description="Longest wait to fill a micro-batch before processing what arrived.")
+    max_wait_s: float = Field(
+        0.05,
+        description="Longest wait to fill a micro-batch before processing what arrived (while the model is busy, "
+        "batches fill on their own).",
+    )
+    fetch_wait_s: float = Field(
+        0.1,
+        description="Longest time the broker may hold a worker's fetch open waiting for new events. Kafka answers "
+        "as soon as data arrives; brokers that always wait it out (Tansu) add up to this much latency per event.",
+    )
     max_sources: int = Field(
         16, description="Most source images one upload event may carry; more dead-letters it (too_many_sources)."
     )
