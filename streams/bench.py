@@ -9,11 +9,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from inference.benchmark import BenchConfig, run_benchmark
 from inference.offline_models import build_clip, build_yolo
@@ -21,12 +25,17 @@ from inference.scenes import make_demo_set
 from streams.broker import EmbeddedBroker, free_port
 from streams.demo import demo_uploads
 from streams.image_server import ImageServer
-from streams.kafka_io import produce_uploads, read_topic
+from streams.kafka_io import UploadProducer, read_topic
 from streams.settings import Settings
 
 
 def run_bench(
-    settings: Settings, json_out: Path | None, inference_only: bool, e2e_only: bool, rate: float, seconds: float
+    settings: Settings,
+    json_out: Path | None,
+    inference_only: bool,
+    e2e_only: bool,
+    rates: Sequence[float],
+    seconds: float,
 ) -> int:
     report: dict[str, Any] = {}
     model_dir = settings.cache_dir / "models"
@@ -35,20 +44,33 @@ def run_bench(
         report["inference"] = run_benchmark(config, model_dir)
         report["speedup_vs_reference"] = report["inference"]["speedup_vs_reference"]
     if not inference_only:
-        report["end_to_end"] = asyncio.run(_end_to_end(settings, model_dir, rate, seconds))
+        report["end_to_end"] = asyncio.run(_end_to_end(settings, model_dir, rates, seconds))
     print(json.dumps(report, indent=1))
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=1))
     return 0
 
 
-async def _end_to_end(settings: Settings, model_dir: Path, rate: float, seconds: float) -> dict[str, Any]:
-    """Produce at ``rate`` uploads/s for ``seconds``; latency = suggestion received - upload occurred_at."""
+@dataclass(frozen=True)
+class _Arrival:
+    """When a suggestion was read back, and what it says of its own time in the worker."""
+
+    received_at: float
+    processed_at: float
+    in_worker_ms: float
+
+
+async def _end_to_end(settings: Settings, model_dir: Path, rates: Sequence[float], seconds: float) -> dict[str, Any]:
+    """Produce at each rate for ``seconds``; latency = suggestion read back - upload sent.
+
+    One worker serves every rate in turn, warmed up first (models loaded, catalogue features
+    cached), as a long-running worker would be. The producer stays connected, as a backend's does.
+    """
     work = Path(tempfile.mkdtemp(prefix="tagstream-bench-"))
-    count = max(int(rate * seconds), 1)
     demo = make_demo_set(seed=5, n_products=3, n_uploads=12)
     demo.write_png(work / "images")
     detector, embedder = build_yolo(model_dir, "yolo26n"), build_clip(model_dir, tiny=False)
+    web_port = free_port()
     with EmbeddedBroker(log_path=work / "broker.log") as broker, ImageServer(work / "images") as server:
         env = {
             **os.environ,
@@ -59,7 +81,7 @@ async def _end_to_end(settings: Settings, model_dir: Path, rate: float, seconds:
             "TAGSTREAM_MODELS__PRECISION": settings.models.precision,
             "TAGSTREAM_MODELS__DEVICE": settings.models.device,
             "TAGSTREAM_LOG_LEVEL": "warning",
-            "TAGSTREAM_WEB_PORT": str(free_port()),
+            "TAGSTREAM_WEB_PORT": str(web_port),
         }
         with (work / "worker.log").open("wb") as log:
             worker = subprocess.Popen(
@@ -67,45 +89,105 @@ async def _end_to_end(settings: Settings, model_dir: Path, rate: float, seconds:
             )
         try:
             uploads = demo_uploads(demo, server)
-            print(f"e2e: warming up the worker (logs in {work})", flush=True)
-            await produce_uploads(broker.url, settings.topics.uploads, [{**uploads[0], "upload_id": "warm-up"}])
-            received: dict[str, float] = {}
+            received: dict[str, _Arrival] = {}
             consumer = asyncio.create_task(_receive(broker.url, settings.topics.suggestions, received))
-            await _wait_for(lambda: "warm-up" in received, 600)
-            print(f"e2e: producing {count} uploads at {rate:g}/s", flush=True)
-            sent_at: dict[str, float] = {}
-            start = time.time()
-            for i in range(count):
-                await asyncio.sleep(max(0.0, start + i / rate - time.time()))
-                upload_id = f"bench-{i}"
-                sent_at[upload_id] = time.time()
-                record = {
-                    **uploads[i % len(uploads)],
-                    "upload_id": upload_id,
-                    "occurred_at": datetime.now(timezone.utc),
-                }
-                await produce_uploads(broker.url, settings.topics.uploads, [record])
-            await _wait_for(lambda: all(u in received for u in sent_at), 120 + seconds * 4)
+            async with UploadProducer(broker.url, settings.topics.uploads) as producer:
+                print(f"e2e: warming up the worker (logs in {work})", flush=True)
+                await producer.send({**uploads[0], "upload_id": "warm-up"})
+                await _wait_for(lambda: "warm-up" in received, 600)
+                runs = []
+                for rate in rates:
+                    stages_before = await _stage_totals(web_port)
+                    run = await _offer(producer, uploads, rate, seconds, received)
+                    run["worker_stage_ms_mean"] = _stage_means(stages_before, await _stage_totals(web_port))
+                    runs.append(run)
             consumer.cancel()
         finally:
             worker.terminate()
             worker.wait(timeout=30)
-    latencies = np.array([received[u] - sent_at[u] for u in sent_at]) * 1000
-    duration = max(received[u] for u in sent_at) - start
+    return {
+        "models": {"detector": "yolo26n (random init)", "embedder": "CLIP ViT-B/32 (random init)"},
+        "worker": {
+            "max_batch": settings.max_batch,
+            "max_wait_s": settings.max_wait_s,
+            "fetch_wait_s": settings.fetch_wait_s,
+        },
+        "runs": runs,
+    }
+
+
+async def _offer(
+    producer: UploadProducer, uploads: list[dict[str, Any]], rate: float, seconds: float, received: dict[str, _Arrival]
+) -> dict[str, Any]:
+    count = max(int(rate * seconds), 1)
+    print(f"e2e: producing {count} uploads at {rate:g}/s", flush=True)
+    sent_at: dict[str, float] = {}
+    start = time.time()
+    for i in range(count):
+        await asyncio.sleep(max(0.0, start + i / rate - time.time()))
+        upload_id = f"bench-{rate:g}-{i}"
+        sent_at[upload_id] = time.time()
+        record = {**uploads[i % len(uploads)], "upload_id": upload_id, "occurred_at": datetime.now(timezone.utc)}
+        await producer.send(record)
+    await _wait_for(lambda: all(u in received for u in sent_at), 120 + seconds * 4)
+    arrivals = {u: received[u] for u in sent_at}
+    latencies = [arrivals[u].received_at - sent_at[u] for u in sent_at]
+    # Where an upload's time went: broker hop and batching, the worker (fetch + models), the way back.
+    to_worker = [a.processed_at - a.in_worker_ms / 1000 - sent_at[u] for u, a in arrivals.items()]
+    to_reader = [a.received_at - a.processed_at for a in arrivals.values()]
+    duration = max(a.received_at for a in arrivals.values()) - start
     return {
         "rate_offered_per_s": rate,
         "uploads": count,
         "sustained_uploads_per_s": round(count / duration, 3),
-        "latency_ms": {
-            p: round(float(np.percentile(latencies, q)), 1) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))
+        "latency_ms": _percentiles(latencies),
+        "p50_breakdown_ms": {
+            "to_worker": _percentiles(to_worker)["p50"],
+            "in_worker": _percentiles([a.in_worker_ms / 1000 for a in arrivals.values()])["p50"],
+            "to_reader": _percentiles(to_reader)["p50"],
         },
-        "models": {"detector": "yolo26n (random init)", "embedder": "CLIP ViT-B/32 (random init)"},
     }
 
 
-async def _receive(broker: str, topic: str, received: dict[str, float]) -> None:
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    values = np.array(seconds) * 1000
+    return {p: round(float(np.percentile(values, q)), 1) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))}
+
+
+async def _stage_totals(web_port: int) -> dict[str, tuple[float, float]]:
+    """(sum of seconds, count) per stage from the worker's Prometheus ``tagstream_stage_seconds``."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{web_port}/metrics", timeout=10)).text
+    totals: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "tagstream_stage_seconds":
+            continue
+        for sample in family.samples:
+            stage = sample.labels.get("stage", "")
+            total, count = totals.get(stage, (0.0, 0.0))
+            if sample.name.endswith("_sum"):
+                totals[stage] = (sample.value, count)
+            elif sample.name.endswith("_count"):
+                totals[stage] = (total, sample.value)
+    return totals
+
+
+def _stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean milliseconds per observation of each stage between two scrapes."""
+    means = {}
+    for stage, (total, count) in sorted(after.items()):
+        total_before, count_before = before.get(stage, (0.0, 0.0))
+        if count > count_before:
+            means[stage] = round(1000 * (total - total_before) / (count - count_before), 1)
+    return means
+
+
+async def _receive(broker: str, topic: str, received: dict[str, _Arrival]) -> None:
     async for _, record in read_topic(broker, topic, from_beginning=True, topic_wait_s=600):
-        received.setdefault(str(record["upload_id"]), time.time())
+        if str(record["upload_id"]) not in received:
+            received[str(record["upload_id"])] = _Arrival(
+                time.time(), record["processed_at"].timestamp(), float(record["latency_ms"])
+            )
 
 
 async def _wait_for(condition: Any, timeout_s: float) -> None:

@@ -77,8 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="also write the report here")
     bench.add_argument("--inference-only", action="store_true", help="skip the end-to-end part")
     bench.add_argument("--e2e-only", action="store_true", help="skip the inference part")
-    bench.add_argument("--rate", type=float, default=2.0, help="end-to-end offered rate, uploads/s (default 2)")
-    bench.add_argument("--seconds", type=float, default=30.0, help="end-to-end duration (default 30)")
+    bench.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[1.0, 2.0],
+        help="end-to-end offered rates, uploads/s, measured in turn on one worker (default 1 2)",
+    )
+    bench.add_argument("--seconds", type=float, default=30.0, help="end-to-end duration per rate (default 30)")
     bench.set_defaults(handler=_bench)
 
     register_downstream(commands)

@@ -64,19 +64,36 @@ def complete_upload(record: dict[str, Any]) -> dict[str, Any]:
     return completed
 
 
+class UploadProducer:
+    """An open producer of ImageUploaded events, keyed by upload_id, for as many sends as needed.
+
+    An application backend keeps its producer connected; whatever measures latency from the
+    moment of sending should too, or it times the connection set-up instead.
+    """
+
+    def __init__(self, broker: str, topic: str) -> None:
+        self._topic = topic
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(broker), acks="all")
+
+    async def __aenter__(self) -> UploadProducer:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._producer.stop()
+
+    async def send(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Publish one upload once the broker confirms it; returns the completed record."""
+        completed = complete_upload(record)
+        value = encode(IMAGE_UPLOADED, completed)
+        await self._producer.send_and_wait(self._topic, value, key=completed["upload_id"].encode())
+        return completed
+
+
 async def produce_uploads(broker: str, topic: str, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Publish ImageUploaded events keyed by upload_id; returns the completed records."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(broker), acks="all")
-    await producer.start()
-    sent: list[dict[str, Any]] = []
-    try:
-        for record in records:
-            completed = complete_upload(record)
-            await producer.send_and_wait(topic, encode(IMAGE_UPLOADED, completed), key=completed["upload_id"].encode())
-            sent.append(completed)
-    finally:
-        await producer.stop()
-    return sent
+    async with UploadProducer(broker, topic) as producer:
+        return [await producer.send(record) for record in records]
 
 
 async def produce_raw(broker: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
