@@ -7,9 +7,10 @@ their ratio is meaningful on a noisy shared machine even when absolute times dri
 from __future__ import annotations
 
 import io
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class BenchConfig:
     detectors: tuple[str, ...] = ("yolo26n", "yolo26m")
+    # Also measured with the first detector: the pipeline with geometry switched off, so every
+    # tag is searched by CLIP (a catalogue of textureless products, the pipeline's worst case).
+    clip_only: bool = True
     uploads: int = 8
     reference_uploads: int = 1
     batch_size: int = 4
@@ -126,5 +130,27 @@ def run_benchmark(config: BenchConfig, model_dir: Path, progress: Progress = pri
         progress(
             f"[{name}] pipeline {fast.uploads_per_s:.2f} uploads/s, reference {slow.uploads_per_s:.4f} uploads/s, speedup {speedup:.1f}x"
         )
+        if config.clip_only and name == config.detectors[0]:
+            progress(f"[{name}] pipeline with geometry off (every tag searched by CLIP) on {config.uploads} uploads")
+            searched = run_strategy(_clip_only(pipeline).run, encoded, sources, config.batch_size)
+            report["clip_only"] = {
+                "detector": name,
+                "pipeline": searched.to_json(),
+                "speedup_vs_reference": round(searched.uploads_per_s / slow.uploads_per_s, 1),
+            }
+            progress(f"[{name}] clip-only pipeline {searched.uploads_per_s:.3f} uploads/s")
     report["speedup_vs_reference"] = min(d["speedup_vs_reference"] for d in report["detectors"].values())
     return report
+
+
+def _clip_only(pipeline: Pipeline) -> Pipeline:
+    """The same models and search, with no tag textured and no geometric model ever accepted."""
+    config = pipeline.config
+    search = replace(config.search, textured_min_keypoints=sys.maxsize)
+    geometry = replace(config.geometry, min_inliers=sys.maxsize)
+    return Pipeline(
+        pipeline.detector,
+        pipeline.embedder,
+        GeometricVerifier(geometry),
+        replace(config, search=search, geometry=geometry),
+    )

@@ -99,7 +99,7 @@ async def _end_to_end(settings: Settings, model_dir: Path, rates: Sequence[float
                 for rate in rates:
                     stages_before = await _stage_totals(web_port)
                     run = await _offer(producer, uploads, rate, seconds, received)
-                    run["worker_stage_ms_mean"] = _stage_means(stages_before, await _stage_totals(web_port))
+                    run["worker_stage_ms_mean"] = stage_means(stages_before, await _stage_totals(web_port))
                     runs.append(run)
             consumer.cancel()
         finally:
@@ -155,9 +155,12 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
 
 
 async def _stage_totals(web_port: int) -> dict[str, tuple[float, float]]:
-    """(sum of seconds, count) per stage from the worker's Prometheus ``tagstream_stage_seconds``."""
     async with httpx.AsyncClient() as client:
-        text = (await client.get(f"http://127.0.0.1:{web_port}/metrics", timeout=10)).text
+        return stage_totals((await client.get(f"http://127.0.0.1:{web_port}/metrics", timeout=10)).text)
+
+
+def stage_totals(text: str) -> dict[str, tuple[float, float]]:
+    """(sum of seconds, count) per stage from the worker's Prometheus ``tagstream_stage_seconds``."""
     totals: dict[str, tuple[float, float]] = {}
     for family in text_string_to_metric_families(text):
         if family.name != "tagstream_stage_seconds":
@@ -172,7 +175,7 @@ async def _stage_totals(web_port: int) -> dict[str, tuple[float, float]]:
     return totals
 
 
-def _stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+def stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
     """Mean milliseconds per observation of each stage between two scrapes."""
     means = {}
     for stage, (total, count) in sorted(after.items()):

@@ -29,9 +29,7 @@ def bootstrap_servers(broker: str) -> list[str]:
     return [h.strip().removeprefix("kafka://") for h in hosts if h.strip()]
 
 
-async def wait_for_broker(
-    broker: str, on_retry: Callable[[Exception, float], None], max_delay_s: float = 10.0
-) -> None:
+async def wait_for_broker(broker: str, on_retry: Callable[[Exception, float], None], max_delay_s: float = 10.0) -> None:
     """Return once the broker answers a metadata request; until then retry with growing delays.
 
     A worker started before its broker (a deploy, a host reboot) must wait for it: the consumer
