@@ -109,6 +109,8 @@ class GeometryConfig:
     # Hypotheses tried at most (pairs of matches, spread evenly over all pairs): with a fifth of
     # the matches coherent, one pair in 25 is a coherent hypothesis, so 500 hold about 20.
     local_max_pairs: int = 500
+    # Hypotheses checked against the sanity rules, best supported first, before giving up.
+    local_max_candidates: int = 64
 
 
 @dataclass(frozen=True, eq=False)
@@ -260,7 +262,8 @@ class GeometricVerifier:
         ``local_tolerance`` of its size — and where that place is. Every pair of matches is a
         hypothesis (two points fix a similarity), scored by the matches it explains with a
         tolerance relative to its own scale, so the test means the same for near and far
-        products. None when no hypothesis passes the plausibility rules of `fit`.
+        products. Its inliers must spread over the box like `fit`'s; None when none of the
+        ``local_max_candidates`` best-supported hypotheses passes those rules.
         """
         cfg = self.config
         if len(matches) < 2:
@@ -281,21 +284,30 @@ class GeometricVerifier:
         if len(a) == 0:
             return None
         residuals = np.abs(a[:, None] * src[None, :] + b[:, None] - dst[None, :])
-        explained = residuals <= (cfg.local_tolerance * diagonal * np.abs(a))[:, None]
-        best = int(explained.sum(axis=1).argmax())
-        inlier_mask = explained[best]
+        # Never tighter than the rigid fit's threshold: a small product in a downscaled photo
+        # would otherwise be asked for sub-pixel agreement.
+        tolerance = np.maximum(cfg.local_tolerance * diagonal * np.abs(a), cfg.ransac_threshold / target.scale)
+        explained = residuals <= tolerance[:, None]
+        support = explained.sum(axis=1)
         corners = _box_corners(source_box)
-        projected = a[best] * (corners[:, 0] + 1j * corners[:, 1]) + b[best]
-        quad = np.stack([projected.real, projected.imag], axis=1)
-        if not _plausible_quad(quad, np.ones(4), source, target, source_box, cfg):
-            return None
-        low, high = quad.min(axis=0), quad.max(axis=0)
-        inliers = min(
-            _distinct(matches.source[inlier_mask], cfg.distinct_cell / source.scale),
-            _distinct(matches.target[inlier_mask], cfg.distinct_cell / target.scale),
-        )
-        bbox = BBox.from_xyxy(float(low[0]), float(low[1]), float(high[0]), float(high[1]))
-        return LocalMatch(bbox.clip(target.width, target.height), inliers)
+        corner_points = corners[:, 0] + 1j * corners[:, 1]
+        # Best supported first; the first that passes the sanity rules of `fit` is the answer.
+        for best in np.argsort(-support, kind="stable")[: cfg.local_max_candidates]:
+            inlier_mask = explained[best]
+            if _hull_area(matches.source[inlier_mask]) < cfg.min_inlier_spread * source_box.area:
+                continue  # one small patch (a shared logo) cannot vouch for the whole product
+            projected = a[best] * corner_points + b[best]
+            quad = np.stack([projected.real, projected.imag], axis=1)
+            if not _plausible_quad(quad, np.ones(4), source, target, source_box, cfg):
+                continue
+            low, high = quad.min(axis=0), quad.max(axis=0)
+            inliers = min(
+                _distinct(matches.source[inlier_mask], cfg.distinct_cell / source.scale),
+                _distinct(matches.target[inlier_mask], cfg.distinct_cell / target.scale),
+            )
+            bbox = BBox.from_xyxy(float(low[0]), float(low[1]), float(high[0]), float(high[1]))
+            return LocalMatch(bbox.clip(target.width, target.height), inliers)
+        return None
 
     def _sift(self, gray: GrayImage, mask: GrayImage | None, max_keypoints: int) -> tuple[FloatArray, FloatArray]:
         detector = cv2.SIFT.create(nfeatures=max_keypoints, contrastThreshold=self.config.contrast_threshold)
@@ -514,11 +526,17 @@ def _match_descriptors(query: FloatArray, train: FloatArray, ratio: float) -> tu
 
 
 def _pairs(count: int, limit: int) -> tuple[IndexArray, IndexArray]:
-    """Index pairs (i < j) of ``count`` items: all of them, or ``limit`` spread evenly over all."""
-    first, second = np.triu_indices(count, k=1)
-    if len(first) > limit:
-        chosen = np.linspace(0, len(first) - 1, limit).astype(np.intp)
-        first, second = first[chosen], second[chosen]
+    """Index pairs (i < j) of ``count`` items: all of them, or ``limit`` spread evenly over all.
+
+    Pairs are numbered row by row of the upper triangle and only the chosen numbers are turned
+    into (i, j), so thousands of matches never materialise millions of pairs.
+    """
+    total = count * (count - 1) // 2
+    chosen = np.arange(total) if total <= limit else np.linspace(0, total - 1, limit).astype(np.int64)
+    rows = np.arange(max(count - 1, 0), dtype=np.int64)
+    row_starts = rows * (2 * count - rows - 1) // 2
+    first = np.searchsorted(row_starts, chosen, side="right") - 1
+    second = chosen - row_starts[first] + first + 1
     return first.astype(np.intp), second.astype(np.intp)
 
 

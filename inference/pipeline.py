@@ -139,7 +139,7 @@ class Pipeline:
             match = self.verifier.fit(job.matches, source, targets[job.request_index], job.box)
             if match is not None:
                 job.geometric = GeometricEvidence(match.bbox, match.confidence)
-            elif job.textured:
+            elif job.textured and len(job.matches) >= self.config.search.min_local_support:
                 job.local = self.verifier.local_model(job.matches, source, targets[job.request_index], job.box)
 
     def _clip_could_decide(self, job: _TagJob) -> bool:
@@ -213,13 +213,17 @@ class Pipeline:
         return [w for size in sizes for w in sliding_windows(size, search.window_overlap, per_size, width, height)]
 
     def _tag_embeddings(self, jobs: list[_TagJob], clock: StageClock) -> torch.Tensor:
-        """Tag embeddings from the cache, computing the missing ones in one batch per source image."""
-        missing: dict[str, list[_TagJob]] = {}
+        """Tag embeddings from the cache, computing the missing ones in one batch per source image.
+
+        Uploads of one batch often share their catalogue photos: each (source, box) is embedded once.
+        """
+        missing: dict[str, dict[tuple[float, ...], _TagJob]] = {}
         for job in jobs:
             if self._source_embeddings.get((job.source.key, _box_key(job.box))) is None:
-                missing.setdefault(job.source.key, []).append(job)
+                missing.setdefault(job.source.key, {}).setdefault(_box_key(job.box), job)
         size = self.embedder.input_size
-        for group in missing.values():
+        for by_box in missing.values():
+            group = list(by_box.values())
             with clock.stage("crop"):
                 crops = crop_and_resize(
                     image_to_tensor(group[0].source.image, self.embedder.device), [j.box for j in group], size
@@ -307,6 +311,7 @@ def _evidence(boxes: list[BBox], scores: torch.Tensor, index: int) -> ClipEviden
 
 
 def _standing_out(box: BBox, score: float, boxes: list[BBox], scores: torch.Tensor) -> ClipEvidence:
+    """Judged against windows elsewhere only: overlapping ones see the same product and would mask it."""
     others = [s for b, s in zip(boxes, scores.tolist(), strict=True) if b.iou(box) < 0.3]
     return ClipEvidence(box, score, standout(score, others))
 

@@ -84,8 +84,9 @@ class SearchSettings(BaseModel):
         0.5, description="Share of a textured product's descriptor matches that must fall inside a CLIP-only box."
     )
     min_local_support: int = Field(
-        8,
-        description="Descriptor matches a textured product found by CLIP alone needs inside its box (geometric veto).",
+        16,
+        description="Descriptor matches a textured product found by CLIP alone needs that agree on one place, scale "
+        "and rotation up to deformation (geometric veto); fewer, and CLIP is not even run for it.",
     )
 
 
