@@ -42,7 +42,7 @@ def create_app(settings: Settings, middlewares: Sequence[Middleware] = ()) -> fa
         stream_processing_timeout=300.0,
         producer_request_timeout=30.0,
     )
-    use_fetch_wait(app, settings.fetch_wait_s)
+    use_fetch_wait(app, settings.fetch_wait_ms)
     return app
 
 

@@ -96,9 +96,9 @@ async def _end_to_end(settings: Settings, model_dir: Path, rates: Sequence[float
                 await producer.send({**uploads[0], "upload_id": "warm-up"})
                 await _wait_for(lambda: "warm-up" in received, 600)
                 runs = []
-                for rate in rates:
+                for index, rate in enumerate(rates):
                     stages_before = await _stage_totals(web_port)
-                    run = await _offer(producer, uploads, rate, seconds, received)
+                    run = await _offer(producer, uploads, f"bench-{index}", rate, seconds, received)
                     run["worker_stage_ms_mean"] = stage_means(stages_before, await _stage_totals(web_port))
                     runs.append(run)
             consumer.cancel()
@@ -117,15 +117,21 @@ async def _end_to_end(settings: Settings, model_dir: Path, rates: Sequence[float
 
 
 async def _offer(
-    producer: UploadProducer, uploads: list[dict[str, Any]], rate: float, seconds: float, received: dict[str, _Arrival]
+    producer: UploadProducer,
+    uploads: list[dict[str, Any]],
+    prefix: str,
+    rate: float,
+    seconds: float,
+    received: dict[str, _Arrival],
 ) -> dict[str, Any]:
+    """Send uploads on a fixed schedule (not waiting for answers, as a backend would not) and wait for all."""
     count = max(int(rate * seconds), 1)
     print(f"e2e: producing {count} uploads at {rate:g}/s", flush=True)
     sent_at: dict[str, float] = {}
     start = time.time()
     for i in range(count):
         await asyncio.sleep(max(0.0, start + i / rate - time.time()))
-        upload_id = f"bench-{rate:g}-{i}"
+        upload_id = f"{prefix}-{i}"
         sent_at[upload_id] = time.time()
         record = {**uploads[i % len(uploads)], "upload_id": upload_id, "occurred_at": datetime.now(timezone.utc)}
         await producer.send(record)
@@ -150,6 +156,7 @@ async def _offer(
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50/p95/p99 in milliseconds: the tail is what a user waiting on a suggestion notices."""
     values = np.array(seconds) * 1000
     return {p: round(float(np.percentile(values, q)), 1) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))}
 

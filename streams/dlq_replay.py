@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas import DEAD_LETTER, DecodeError, decode
-from streams.kafka_io import FETCH_MAX_WAIT_MS, bootstrap_servers, topic_partitions
+from streams.kafka_io import bootstrap_servers, topic_partitions
 from streams.replay import PartitionRange, read_ranges
 from streams.settings import Settings
 
@@ -52,7 +52,7 @@ async def replay_dead_letters(settings: Settings, request: DlqReplayRequest) -> 
     summary = DlqReplaySummary()
     servers = bootstrap_servers(settings.broker)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers, enable_auto_commit=False, fetch_max_wait_ms=FETCH_MAX_WAIT_MS
+        bootstrap_servers=servers, enable_auto_commit=False, fetch_max_wait_ms=settings.fetch_wait_ms
     )
     producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
     await consumer.start()

@@ -9,12 +9,16 @@ the largest part of the end-to-end latency here. Nothing else of the transport c
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import aiokafka
 import faust
+from faust import transport as faust_transports
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from yarl import URL
+
+log = logging.getLogger(__name__)
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -41,6 +45,14 @@ class FetchWaitTransport(faust_aiokafka.Transport):
         self.fetch_max_wait_ms = fetch_max_wait_ms
 
 
-def use_fetch_wait(app: faust.App, fetch_max_wait_s: float) -> None:
-    """Make ``app`` consume through :class:`FetchWaitTransport` (call before the app starts)."""
-    app.transport = FetchWaitTransport(app.conf.broker_consumer, app, max(1, round(fetch_max_wait_s * 1000)))
+def use_fetch_wait(app: faust.App, fetch_max_wait_ms: int) -> None:
+    """Make ``app`` consume through :class:`FetchWaitTransport` (call before the app starts).
+
+    Only where Faust would use its aiokafka transport anyway (``kafka://`` and ``aiokafka://``
+    URLs); another transport is left as it is.
+    """
+    urls = app.conf.broker_consumer
+    if faust_transports.by_url(urls[0]) is faust_aiokafka.Transport:
+        app.transport = FetchWaitTransport(urls, app, fetch_max_wait_ms)
+    else:
+        log.warning("broker %s does not use the aiokafka transport; fetch_wait_s does not apply", urls[0])

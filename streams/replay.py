@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.kafka_io import FETCH_MAX_WAIT_MS, bootstrap_servers, topic_partitions
+from streams.kafka_io import bootstrap_servers, topic_partitions
 from streams.processor import Inbound, SuggestionProcessor
 from streams.settings import Settings
 from streams.worker import ProcessorProvider
@@ -160,7 +160,10 @@ async def _replay(
     began = time.monotonic()
     servers = bootstrap_servers(settings.broker)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers, group_id=request.group, enable_auto_commit=False, fetch_max_wait_ms=FETCH_MAX_WAIT_MS
+        bootstrap_servers=servers,
+        group_id=request.group,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.fetch_wait_ms,
     )
     producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
     await consumer.start()

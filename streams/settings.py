@@ -122,8 +122,9 @@ class Settings(BaseSettings):
     )
     fetch_wait_s: float = Field(
         0.1,
-        description="Longest time the broker may hold a worker's fetch open waiting for new events. Kafka answers "
-        "as soon as data arrives; brokers that always wait it out (Tansu) add up to this much latency per event.",
+        description="Longest time the broker may hold a fetch of the worker, sink or replay open waiting for new "
+        "events. Kafka answers as soon as data arrives; brokers that always wait it out (Tansu) add up to this "
+        "much latency per event.",
     )
     max_sources: int = Field(
         16, description="Most source images one upload event may carry; more dead-letters it (too_many_sources)."
@@ -153,6 +154,11 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        """``fetch_wait_s`` in the whole milliseconds Kafka clients take (at least 1)."""
+        return max(1, round(self.fetch_wait_s * 1000))
 
     def pipeline_config(self) -> PipelineConfig:
         """The inference library's view of these settings (it never reads the environment)."""

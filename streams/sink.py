@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 
 from schemas import DEAD_LETTER, TAG_SUGGESTIONS, DecodeError, decode, encode
-from streams.kafka_io import FETCH_MAX_WAIT_MS, bootstrap_servers
+from streams.kafka_io import bootstrap_servers
 from streams.productdb import ProductDB, WriteResult
 from streams.settings import Settings
 
@@ -102,7 +102,7 @@ class SuggestionSink:
             group_id=sink_group(settings),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            fetch_max_wait_ms=settings.fetch_wait_ms,
             session_timeout_ms=int(settings.session_timeout_s * 1000),
             heartbeat_interval_ms=int(max(settings.session_timeout_s / 6, 0.5) * 1000),
             # The topic may not exist until the first worker creates it: notice it soon.

@@ -68,11 +68,16 @@ def build_worker_app(settings: Settings) -> faust.App:
 
 
 def run_worker(settings: Settings) -> None:
-    app = build_worker_app(settings)
-    # The worker's event loop first waits for the broker, then runs Faust.
+    # One event loop, current before the app exists so everything Faust builds binds to it: it
+    # first waits for the broker, then runs the worker.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(wait_for_broker(settings.broker, _broker_unavailable))
+    try:
+        loop.run_until_complete(wait_for_broker(settings.broker, _broker_unavailable))
+    except KeyboardInterrupt:
+        loop.close()
+        return  # stopped while waiting: nothing was consumed, nothing to hand back
+    app = build_worker_app(settings)
     # Logging is the CLI's (streams.logs): mode's worker would replace it with its own format.
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level.upper(), quiet=True, override_logging=False)
     worker.execute_from_commandline()
