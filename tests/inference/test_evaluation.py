@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from photos import EVAL_SAMPLE
 from PIL import Image
 
 from inference.evaluation import (
@@ -25,10 +26,6 @@ from inference.evaluation import (
     qualitative_items,
 )
 from inference.types import BBox
-
-EVAL_DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "eval-dev"
-CASES_JSON = EVAL_DEV / "cases.json"
-needs_eval_dev = pytest.mark.skipif(not CASES_JSON.exists(), reason="eval-dev photographs not available")
 
 TOP_LEVEL_KEYS = {"recall_iou50", "mean_iou", "false_positive_rate", "per_sequence", "cases", "seconds"}
 
@@ -203,26 +200,24 @@ def test_locator_must_answer_every_query(small_cases: Path) -> None:
         evaluate(small_cases, lambda queries: [])
 
 
-@needs_eval_dev
-def test_eval_dev_items_and_perfect_locator() -> None:
-    cases = load_cases(CASES_JSON)
+def test_eval_sample_items_and_perfect_locator() -> None:
+    cases = load_cases(EVAL_SAMPLE)
     items = build_items(cases)
     positives = [i for i in items if i.kind == "positive"]
     negatives = [i for i in items if i.kind == "negative"]
-    assert len(positives) == 66
+    assert len(positives) == 18
     assert len([i for i in items if i.kind == "qualitative"]) == 1
-    assert 100 <= len(negatives) <= 400
+    assert 40 <= len(negatives) <= 120
     # Only the target images are needed to score the oracle; keep the test light by asking a subset.
-    subset = positives[::11] + negatives[::50]
+    subset = positives[::3] + negatives[::10]
     report = Evaluator(_truth_locator(subset)).run(subset)
     assert report.overall.recall_iou50 == 1.0
     assert report.overall.false_positive_rate == 0.0
 
 
-@needs_eval_dev
-def test_geometric_locator_on_eval_dev_subset() -> None:
+def test_geometric_locator_on_real_photographs() -> None:
     """Geometry alone finds the graf 1->2 boxes and answers nothing on photos of other scenes."""
-    items = build_items(load_cases(CASES_JSON))
+    items = build_items(load_cases(EVAL_SAMPLE))
     positives = [i for i in items if i.case_id == "oxford/graf/1to2" and i.kind == "positive"]
     negatives = [i for i in items if i.case_id == "oxford/graf/1to2" and i.kind == "negative"]
     subset = positives + negatives[:6]  # two other scenes keep the test short

@@ -1,4 +1,4 @@
-"""`tagstream eval` on a few real eval-dev cases: report keys, floors, and no false positive."""
+"""`tagstream eval` on a few real photograph cases (the shipped eval sample): report keys, floors, and no false positive."""
 
 from __future__ import annotations
 
@@ -6,22 +6,21 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
+from photos import EVAL_SAMPLE
 
 from streams.cli import main
 
-EVAL_DEV = SHARED_DATA / "eval-dev"
-CASES = ("oxford/graf/1to2", "oxford/boat/1to3", "cmp_homogr/adam")
+CASES = ("oxford/graf/1to2", "oxford/boat/1to4", "cmp_homogr/adam")
 
 
 @pytest.fixture
 def small_cases(tmp_path: Path) -> Path:
-    """A cases.json with three eval-dev cases; image folders linked so relative paths resolve."""
-    full = json.loads((EVAL_DEV / "cases.json").read_text())
+    """A cases.json with three of the sample's cases; image folders linked so relative paths resolve."""
+    full = json.loads(EVAL_SAMPLE.read_text())
     chosen = [c for c in full["cases"] if c["case_id"] in CASES]
     assert len(chosen) == len(CASES), [c["case_id"] for c in full["cases"]]
     for folder in ("oxford", "cmp_homogr"):
-        (tmp_path / folder).symlink_to(EVAL_DEV / folder)
+        (tmp_path / folder).symlink_to(EVAL_SAMPLE.parent / folder)
     path = tmp_path / "cases.json"
     path.write_text(json.dumps({**full, "cases": chosen}))
     return path

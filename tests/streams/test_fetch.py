@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
-import shutil
 import ssl
 import struct
-import subprocess
 import threading
 import time
 import zlib
@@ -711,42 +709,13 @@ def test_cache_evicts_least_recently_used_by_count_and_bytes() -> None:
 
 
 def self_signed_certificate(directory: Path, hostname: str) -> tuple[Path, Path]:
-    """Certificate and key for ``hostname``: with ``cryptography`` if installed, else openssl."""
+    """Certificate and key for ``hostname``, made with ``cryptography`` (a dev dependency)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     cert, key = directory / f"{hostname}.crt", directory / f"{hostname}.key"
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            pytest.skip("needs the cryptography package or the openssl command")
-        subprocess.run(
-            [
-                openssl,
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                f"/CN={hostname}",
-                "-addext",
-                f"subjectAltName=DNS:{hostname}",
-                "-keyout",
-                str(key),
-                "-out",
-                str(cert),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        return cert, key
     private_key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.now(timezone.utc)

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from conftest import POSTGRES, WorkerFactory, WorkerProcess, collect, start_cli, upload_records, wait_for
+from conftest import WorkerFactory, WorkerProcess, collect, start_cli, upload_records, wait_for
 
 from inference.scenes import DemoSet
 from schemas import TAG_SUGGESTIONS, encode
@@ -229,7 +229,7 @@ def test_bad_and_duplicate_messages_do_not_block_the_partition(
 
 
 def test_sink_killed_while_its_write_waits_loses_nothing(
-    broker: EmbeddedBroker, sinks: SinkFactory, postgres_url: str
+    broker: EmbeddedBroker, sinks: SinkFactory, postgres_url: str, postgres_server: str
 ) -> None:
     topics = Topics.create(broker, "sinkkill")
     application = postgres_url.rsplit("application_name=", 1)[1]
@@ -241,7 +241,7 @@ def test_sink_killed_while_its_write_waits_loses_nothing(
         first = sinks.start(topics, postgres_url)
 
         def sink_waits_on_the_lock() -> bool:
-            with psycopg.connect(POSTGRES) as observer:
+            with psycopg.connect(postgres_server) as observer:
                 waiting = observer.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
                     " AND query LIKE '%%INSERT INTO suggestion_runs%%'",
