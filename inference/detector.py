@@ -100,7 +100,7 @@ class YoloDetector:
             classes = _numpy(boxes.cls).astype(int) if boxes is not None else np.zeros(0, int)
             detections.append(
                 [
-                    Detection(BBox.from_xyxy(*map(float, box)), names[cls], float(score))
+                    Detection(BBox.from_xyxy(*map(float, box)), names[cls], float(score), int(cls))
                     for box, score, cls in zip(xyxy, scores, classes, strict=True)
                 ]
             )

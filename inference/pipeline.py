@@ -105,6 +105,15 @@ class Pipeline:
     def model_version(self) -> str:
         return self.config.models.model_version
 
+    @property
+    def lineage(self) -> dict[str, str]:
+        """What ran, as stamped on every suggestion: the models actually loaded, and the version key.
+
+        Names come from the loaded models, not from the settings: offline (random-init) models
+        must never be reported under the pretrained names they stand in for.
+        """
+        return {"detector": self.detector.name, "embedder": self.embedder.name, "version": self.model_version}
+
     def run(self, requests: Sequence[MatchRequest]) -> list[MatchResult]:
         clock = StageClock()
         search = self.config.search

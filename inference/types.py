@@ -64,11 +64,12 @@ class BBox:
 
 @dataclass(frozen=True)
 class Detection:
-    """One detector output on a target image."""
+    """One detector output on a target image; ``class_id`` indexes the detector's class names."""
 
     bbox: BBox
     class_name: str
     confidence: float
+    class_id: int
 
 
 @dataclass(frozen=True)

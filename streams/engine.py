@@ -13,7 +13,7 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -75,8 +75,8 @@ class SharedPipeline:
         self._http_queue = asyncio.Lock()
 
     @property
-    def model_version(self) -> str:
-        return self._pipeline.model_version
+    def lineage(self) -> Mapping[str, str]:
+        return self._pipeline.lineage
 
     @property
     def class_names(self) -> list[str]:
@@ -159,17 +159,13 @@ class EngineProvider:
         pipeline = await asyncio.to_thread(load_pipeline, settings)
         elapsed = time.perf_counter() - started
         self._metrics.model_load_seconds.set(elapsed)
+        model = dict(pipeline.lineage)
         log.info(
-            "models loaded in %.1fs; model version %s",
+            "models loaded in %.1fs: %s",
             elapsed,
-            pipeline.model_version,
-            extra={"load_seconds": round(elapsed, 3), "model_version": pipeline.model_version},
+            model,
+            extra={"load_seconds": round(elapsed, 3), "model_version": model["version"]},
         )
         fetcher = MeteredFetcher(fetch_policy(settings), self._metrics)
         await fetcher.__aenter__()
-        model = {
-            "detector": settings.models.detector,
-            "embedder": settings.models.embedder,
-            "version": pipeline.model_version,
-        }
         return Engine(SharedPipeline(pipeline, self._metrics), fetcher, model)

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 class PipelineLike(Protocol):
     @property
-    def model_version(self) -> str: ...
+    def lineage(self) -> Mapping[str, str]:
+        """``detector``, ``embedder`` and ``version`` of the models that run, as stamped on suggestions."""
+        ...
 
     def run(self, requests: Sequence[MatchRequest]) -> list[MatchResult]: ...
 
@@ -78,14 +80,13 @@ class SuggestionProcessor:
         pipeline: PipelineLike,
         fetcher: ImageFetcher,
         topics: Topics,
-        model: Mapping[str, str],
         retry: RetryPolicy | None = None,
         limits: EventLimits | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.fetcher = fetcher
         self.topics = topics
-        self.model = dict(model)
+        self.model = dict(pipeline.lineage)
         self.retry = retry or RetryPolicy()
         self.limits = limits or EventLimits()
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.config import ModelConfig, PipelineConfig, SearchConfig
+from streams.events import EventLimits
 from streams.logs import LogFormat
 
 
@@ -159,6 +160,10 @@ class Settings(BaseSettings):
     def fetch_wait_ms(self) -> int:
         """``fetch_wait_s`` in the whole milliseconds Kafka clients take (at least 1)."""
         return max(1, round(self.fetch_wait_s * 1000))
+
+    def event_limits(self) -> EventLimits:
+        """The limits every upload is checked against, on the stream and on the HTTP API alike."""
+        return EventLimits(max_sources=self.max_sources, max_tags=self.max_tags)
 
     def pipeline_config(self) -> PipelineConfig:
         """The inference library's view of these settings (it never reads the environment)."""

@@ -24,13 +24,15 @@ from pydantic import BaseModel, ValidationError
 
 from inference.types import MatchRequest, RGBImage, SourceImage, SourceTag
 from streams.engine import Engine, EngineProvider
+from streams.events import EventLimits
 from streams.fetch import FetchError
 from streams.metrics import Metrics, read_consumer_lag
 from streams.web_models import (
     ClassesResponse,
-    DetectionOut,
+    DetectedObject,
     DetectRequest,
     DetectResponse,
+    HealthResponse,
     Suggestion,
     SuggestTagsRequest,
     SuggestTagsResponse,
@@ -79,10 +81,11 @@ class Readiness:
 class HttpApi:
     """Handlers of every route; ``routes`` lists them for :func:`install_http_api`."""
 
-    def __init__(self, app: faust.App, engines: EngineProvider, metrics: Metrics) -> None:
+    def __init__(self, app: faust.App, engines: EngineProvider, metrics: Metrics, limits: EventLimits) -> None:
         self._app = app
         self._engines = engines
         self._metrics = metrics
+        self._limits = limits
         self._readiness = Readiness(app, engines)
 
     def routes(self) -> list[Route]:
@@ -97,6 +100,10 @@ class HttpApi:
 
     async def suggest_tags(self, request: web.Request) -> web.Response:
         body = await _parse(request, SuggestTagsRequest)
+        if len(body.source_tags) > self._limits.max_tags:
+            # The worker's configured limit, the same one the stream applies to upload events.
+            message = f"too_many_tags: {len(body.source_tags)} tags, limit {self._limits.max_tags}"
+            raise _unprocessable([_invalid(("source_tags",), message, "too_long")])
         engine = self._engine()
         images = await engine.fetcher.fetch_many([body.source_image_url, body.target_image_url])
         source = _fetched(images, body.source_image_url, "source_image_url")
@@ -142,14 +149,15 @@ class HttpApi:
         image = _fetched(images, body.image_url, "image_url")
         detections = await engine.pipeline.detect(image, body.confidence_threshold)
         kept = [d for d in detections if wanted is None or d.class_name in wanted]
-        return _json(DetectResponse(detections=[DetectionOut.of(d) for d in kept], count=len(kept)))
+        return _json(DetectResponse(objects=[DetectedObject.of(d) for d in kept], total_count=len(kept)))
 
     async def classes(self, request: web.Request) -> web.Response:
-        return _json(ClassesResponse(classes=self._engine().pipeline.class_names))
+        names = self._engine().pipeline.class_names
+        return _json(ClassesResponse(classes=names, total_count=len(names)))
 
     async def health(self, request: web.Request) -> web.Response:
         """Liveness: the event loop answers. Whether the worker can serve is ``/ready``'s question."""
-        return web.json_response({"status": "ok"})
+        return _json(HealthResponse())
 
     async def ready(self, request: web.Request) -> web.Response:
         report = self._readiness.report()
@@ -237,8 +245,8 @@ def _fetched(images: Mapping[str, RGBImage | FetchError], url: str, field: str) 
     return image
 
 
-def _invalid(loc: tuple[str | int, ...], message: str) -> dict[str, Any]:
-    return {"type": "value_error", "loc": ["body", *loc], "msg": message}
+def _invalid(loc: tuple[str | int, ...], message: str, kind: str = "value_error") -> dict[str, Any]:
+    return {"type": kind, "loc": ["body", *loc], "msg": message}
 
 
 def _unprocessable(errors: list[dict[str, Any]]) -> web.HTTPUnprocessableEntity:

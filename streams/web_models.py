@@ -10,7 +10,6 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from inference.types import BBox, Detection, TagMatch
-from streams.events import EventLimits
 
 _URL = Field(min_length=1, max_length=4096, description="http(s) URL of the image; fetched under the SSRF policy.")
 
@@ -38,7 +37,8 @@ class SourceTagIn(_Body):
 
 class SuggestTagsRequest(_Body):
     source_image_url: str = _URL
-    source_tags: list[SourceTagIn] = Field(min_length=1, max_length=EventLimits.max_tags)
+    # At most the worker's TAGSTREAM_MAX_TAGS, checked by the handler (the limit is a setting).
+    source_tags: list[SourceTagIn] = Field(min_length=1)
     target_image_url: str = _URL
     similarity_threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="CLIP cosine for a CLIP-only match; default: the worker's setting (0.75)."
@@ -87,20 +87,33 @@ class SuggestTagsResponse(BaseModel):
     detections_count: int
 
 
-class DetectionOut(BaseModel):
+class DetectedObject(BaseModel):
+    bbox: BBoxOut
+    class_id: int
     class_name: str
     confidence: float
-    bbox: BBoxOut
 
     @classmethod
-    def of(cls, detection: Detection) -> DetectionOut:
-        return cls(class_name=detection.class_name, confidence=detection.confidence, bbox=BBoxOut.of(detection.bbox))
+    def of(cls, detection: Detection) -> DetectedObject:
+        return cls(
+            bbox=BBoxOut.of(detection.bbox),
+            class_id=detection.class_id,
+            class_name=detection.class_name,
+            confidence=detection.confidence,
+        )
 
 
 class DetectResponse(BaseModel):
-    detections: list[DetectionOut]
-    count: int
+    objects: list[DetectedObject]
+    total_count: int
 
 
 class ClassesResponse(BaseModel):
     classes: list[str]
+    total_count: int
+
+
+class HealthResponse(BaseModel):
+    """Liveness in the reference service's words; readiness is ``/ready``'s question."""
+
+    status: str = "healthy"

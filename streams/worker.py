@@ -10,7 +10,6 @@ import faust
 from streams.agent import SuggestAgent
 from streams.app import create_app, raw_topic
 from streams.engine import EngineProvider
-from streams.events import EventLimits
 from streams.kafka_io import wait_for_broker
 from streams.metrics import Metrics
 from streams.processor import RetryPolicy, SuggestionProcessor, Topics
@@ -42,9 +41,8 @@ class ProcessorProvider:
                     engine.pipeline,
                     engine.fetcher,
                     Topics(settings.topics.suggestions, settings.topics.dead_letters),
-                    engine.model,
                     RetryPolicy(settings.fetch.attempts, settings.fetch.backoff_s, settings.pipeline_attempts),
-                    EventLimits(max_sources=settings.max_sources, max_tags=settings.max_tags),
+                    settings.event_limits(),
                 )
             return self._processor
 
@@ -63,7 +61,7 @@ def build_worker_app(settings: Settings) -> faust.App:
     SuggestAgent(
         app, uploads, outputs, processors, settings.max_batch, settings.max_wait_s, metrics, settings.batches_in_flight
     )
-    install_http_api(app, HttpApi(app, engines, metrics))
+    install_http_api(app, HttpApi(app, engines, metrics, settings.event_limits()))
     return app
 
 

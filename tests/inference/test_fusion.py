@@ -31,7 +31,7 @@ def test_textured_source_without_geometry_needs_local_support() -> None:
 
 
 def test_detected_class_comes_from_an_overlapping_detection() -> None:
-    detections = [Detection(BBox(12, 12, 48, 48), "bottle", 0.9), Detection(BBox(200, 200, 10, 10), "cup", 0.9)]
+    detections = [Detection(BBox(12, 12, 48, 48), "bottle", 0.9, 39), Detection(BBox(200, 200, 10, 10), "cup", 0.9, 41)]
     assert detected_class(BOX, detections) == "bottle"
     assert detected_class(BBox(400, 400, 5, 5), detections) is None
 

@@ -137,9 +137,7 @@ def test_public_host_redirecting_inward_is_dead_lettered(tmp_path_factory: pytes
         async def run() -> list[tuple[str, str, dict[str, object]]]:
             fetcher = ImageFetcher(FetchPolicy(), resolver=_public_dns, address_check=_public_check)
             async with fetcher:
-                processor = SuggestionProcessor(
-                    TrivialPipeline(), fetcher, Topics("s", "d"), {"detector": "-", "embedder": "-", "version": "t"}
-                )
+                processor = SuggestionProcessor(TrivialPipeline(), fetcher, Topics("s", "d"))
                 now = datetime.now(timezone.utc)
                 batch = [
                     Inbound(

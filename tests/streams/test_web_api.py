@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import reference_api
 from conftest import WorkerFactory
 from web_worker import WebWorker, start_web_worker, worker_factory
 
@@ -17,6 +18,7 @@ from streams.image_server import ImageServer
 
 SUGGEST = "/api/suggest-tags"
 DETECT = "/api/detect"
+API_MAX_TAGS = 70
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,8 @@ def started(factory: WorkerFactory, tmp_path_factory: pytest.TempPathFactory) ->
         TAGSTREAM_PIPELINE_FACTORY="gated_pipeline:build",
         GATED_PIPELINE_OPEN=str(gate),
     )
-    api = start_web_worker(factory, "web-api")
+    # A tag limit above the 64 of EventLimits' class default: the HTTP API must apply the setting.
+    api = start_web_worker(factory, "web-api", TAGSTREAM_MAX_TAGS=str(API_MAX_TAGS))
     return api, guarded, gate
 
 
@@ -83,7 +86,7 @@ def test_not_ready_while_models_load_then_ready(guarded: tuple[WebWorker, Path])
     assert classes.status_code == 503
     assert "loading" in classes.json()["detail"]
     assert classes.headers["Retry-After"]
-    assert worker.get("/health").json() == {"status": "ok"}
+    assert worker.get("/health").json() == {"status": "healthy"}
 
     gate.touch()
     ready = worker.wait_for("/ready", 200, timeout_s=120).json()
@@ -110,7 +113,7 @@ def test_default_policy_refuses_private_image_urls(
 
 
 def test_health_and_readiness(api: WebWorker) -> None:
-    assert api.get("/health").json() == {"status": "ok"}
+    assert api.get("/health").json() == {"status": "healthy"}
     ready = api.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["ready"] is True
@@ -157,19 +160,51 @@ def test_detect_returns_detections_filtered_by_class(api: WebWorker, image_serve
     url = image_server.url("upload-01.png")
     everything = api.post(DETECT, {"image_url": url, "confidence_threshold": 0.0})
     assert everything.status_code == 200, everything.text
-    detections = everything.json()["detections"]
-    assert isinstance(detections, list) and everything.json()["count"] == len(detections)
-    classes = set(api.get("/api/classes").json()["classes"])
+    detections = everything.json()["objects"]
+    assert isinstance(detections, list) and everything.json()["total_count"] == len(detections)
+    classes = api.get("/api/classes").json()["classes"]
     for detection in detections:
-        assert set(detection) == {"class_name", "confidence", "bbox"}
-        assert detection["class_name"] in classes
+        assert set(detection) == {"bbox", "class_id", "class_name", "confidence"}
+        assert classes[detection["class_id"]] == detection["class_name"]
         assert 0.0 <= detection["confidence"] <= 1.0
         assert set(detection["bbox"]) == {"x", "y", "width", "height"}
     if detections:
         wanted = detections[0]["class_name"]
         only = api.post(DETECT, {"image_url": url, "confidence_threshold": 0.0, "target_classes": [wanted]}).json()
-        assert only["count"] >= 1
-        assert {d["class_name"] for d in only["detections"]} == {wanted}
+        assert only["total_count"] >= 1
+        assert {d["class_name"] for d in only["objects"]} == {wanted}
+
+
+def test_every_route_answers_in_the_reference_services_shape(
+    api: WebWorker, demo_set: DemoSet, image_server: ImageServer
+) -> None:
+    """A client written for the reference service parses every answer (its models, strictly)."""
+    suggested = api.post(SUGGEST, _suggest_body(demo_set, image_server, "upload-01"))
+    detected = api.post(DETECT, {"image_url": image_server.url("upload-01.png"), "confidence_threshold": 0.0})
+    classes = api.get("/api/classes")
+    health = api.get("/health")
+
+    assert reference_api.SuggestTagsResponse.model_validate(suggested.json()).suggestions
+    objects = reference_api.DetectObjectsResponse.model_validate(detected.json())
+    assert objects.objects and objects.total_count == len(objects.objects)
+    names = reference_api.ClassesResponse.model_validate(classes.json())
+    assert names.total_count == len(names.classes) == 80
+    reference_api.HealthResponse.model_validate(health.json())
+
+
+def test_tag_limit_is_the_configured_one(api: WebWorker) -> None:
+    unreachable = f"http://127.0.0.1:{free_port()}/gone.png"
+    tags = [{"product_id": f"sku-{i}", "bbox": {"x": 1, "y": 1, "width": 10, "height": 10}} for i in range(71)]
+    body = {"source_image_url": unreachable, "target_image_url": unreachable}
+
+    within = api.post(SUGGEST, {**body, "source_tags": tags[:API_MAX_TAGS]})
+    beyond = api.post(SUGGEST, {**body, "source_tags": tags[: API_MAX_TAGS + 1]})
+
+    # Within the limit the request gets as far as fetching (the image host is down: 400).
+    assert within.status_code == 400, within.text
+    assert beyond.status_code == 422, beyond.text
+    (error,) = beyond.json()["detail"]
+    assert error["loc"] == ["body", "source_tags"] and error["msg"] == f"too_many_tags: 71 tags, limit {API_MAX_TAGS}"
 
 
 def test_detect_rejects_unknown_classes(api: WebWorker, image_server: ImageServer) -> None:

@@ -39,8 +39,13 @@ def test_every_upload_gets_one_correct_suggestion_event(
     for event in sent:
         out = by_upload[event["upload_id"]]
         assert out["upload_event_id"] == event["event_id"]
-        version = out["model"]["version"]  # type: ignore[index]
-        assert out["event_id"] == suggestion_event_id(event["event_id"], version)
+        # Lineage names what ran: the offline random-init models, never the pretrained defaults.
+        assert out["model"] == {
+            "detector": "yolo26n-random.pt",
+            "embedder": "clip-tiny-random",
+            "version": "yolo26n-random.pt+clip-tiny-random",
+        }
+        assert out["event_id"] == suggestion_event_id(event["event_id"], "yolo26n-random.pt+clip-tiny-random")
         assert out["latency_ms"] >= 0
         product_ids = [t["product_id"] for s in event["sources"] for t in s["tags"]]
         assert [s["product_id"] for s in out["suggestions"]] == product_ids  # type: ignore[union-attr]

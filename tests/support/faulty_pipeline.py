@@ -17,7 +17,7 @@ from streams.settings import Settings
 class FaultyPipeline:
     def __init__(self, inner: Pipeline) -> None:
         self._inner = inner
-        self.model_version = inner.model_version
+        self.lineage = inner.lineage
 
     def run(self, requests: Sequence[MatchRequest]) -> list[MatchResult]:
         doomed = [r.request_id for r in requests if r.request_id.startswith("boom")]

@@ -9,6 +9,7 @@ the models (tests/inference and the other e2e tests do).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from inference.types import Detection, MatchRequest, MatchResult, RGBImage, TagMatch
 from streams.settings import Settings
@@ -22,7 +23,7 @@ class _NoDetector:
 
 
 class TrivialPipeline:
-    model_version = "trivial-1"
+    lineage: ClassVar[dict[str, str]] = {"detector": "none", "embedder": "none", "version": "trivial-1"}
     detector = _NoDetector()
 
     def run(self, requests: Sequence[MatchRequest]) -> list[MatchResult]:
