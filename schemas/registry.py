@@ -30,6 +30,7 @@ _BUILTIN: Final = (
     (1, "image_uploaded.v1.avsc"),
     (2, "tag_suggestions.v1.avsc"),
     (3, "dead_letter.v1.avsc"),
+    (4, "dead_letter.v2.avsc"),
 )
 
 

@@ -39,12 +39,15 @@ class DlqReplaySummary:
     """(original topic, error kind) → letters re-published."""
     other_kinds: int = 0
     undecodable: int = 0
+    truncated: int = 0
+    """Letters that kept only part of the original bytes (too large to keep whole): not re-publishable."""
 
     def __str__(self) -> str:
         parts = [f"{n} {kind} to {topic}" for (topic, kind), n in sorted(self.republished.items())]
         return (
             f"re-published {sum(self.republished.values())} dead letters ({', '.join(parts) or 'none'}); "
-            f"{self.other_kinds} of other kinds left, {self.undecodable} undecodable skipped"
+            f"{self.other_kinds} of other kinds left, {self.undecodable} undecodable skipped, "
+            f"{self.truncated} with truncated values skipped"
         )
 
 
@@ -81,6 +84,17 @@ async def replay_dead_letters(settings: Settings, request: DlqReplayRequest) -> 
                         continue
                     if request.kind is not None and letter["error_kind"] != request.kind:
                         summary.other_kinds += 1
+                        continue
+                    if letter["value_truncated"]:
+                        log.warning(
+                            "skipping %s[%d]@%d: it keeps only %d of the original %s bytes",
+                            message.topic,
+                            message.partition,
+                            message.offset,
+                            len(letter["value"]),
+                            letter["value_size"],
+                        )
+                        summary.truncated += 1
                         continue
                     await producer.send_and_wait(letter["original_topic"], letter["value"], key=letter["key"])
                     summary.republished[(letter["original_topic"], letter["error_kind"])] += 1

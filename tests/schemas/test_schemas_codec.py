@@ -99,6 +99,8 @@ def dead_letter() -> dict[str, Any]:
         "failed_at": datetime(2024, 5, 17, 9, 31, tzinfo=UTC),
         "upload_id": None,
         "upload_event_id": None,
+        "value_truncated": False,
+        "value_size": 11,
     }
 
 
@@ -107,7 +109,7 @@ def dead_letter() -> dict[str, Any]:
     [
         (IMAGE_UPLOADED, image_uploaded(), 1),
         (TAG_SUGGESTIONS, tag_suggestions(), 2),
-        (DEAD_LETTER, dead_letter(), 3),
+        (DEAD_LETTER, dead_letter(), 4),
     ],
     ids=["ImageUploaded", "TagSuggestions", "DeadLetter"],
 )

@@ -73,7 +73,36 @@ def test_shipped_schemas_have_their_fixed_ids() -> None:
 
     shipped = [registry.latest(name) for name in (IMAGE_UPLOADED, TAG_SUGGESTIONS, DEAD_LETTER)]
 
-    assert [(entry.schema_id, entry.version) for entry in shipped] == [(1, 1), (2, 1), (3, 1)]
+    assert [(entry.schema_id, entry.version) for entry in shipped] == [(1, 1), (2, 1), (4, 2)]
+    v1 = registry.get(3)
+    assert v1 is not None and (v1.name, v1.version) == (DEAD_LETTER, 1)
+
+
+def test_shipped_dead_letter_v1_is_read_by_v2_with_the_new_fields_defaults() -> None:
+    """Letters already on a dead-letter topic stay readable (and re-publishable) after the upgrade."""
+    registry = builtin_registry()
+    letter = {
+        "event_id": "a3c9e2d4-1b7f-4e6a-8c5d-9f0e1a2b3c4d",
+        "original_topic": "image-uploaded",
+        "original_partition": 0,
+        "original_offset": 17,
+        "key": b"upl-8812",
+        "value": b"\x00original",
+        "error_kind": "fetch_error",
+        "error_message": "connection: refused",
+        "attempts": 3,
+        "failed_at": datetime(2024, 5, 17, 9, 31, tzinfo=timezone.utc),
+        "upload_id": "upl-8812",
+        "upload_event_id": "0b9f6a52-3c1e-4a57-9d0e-5f1c2b7e8a90",
+    }
+
+    data = AvroCodec(registry, pinned={DEAD_LETTER: 3}).encode(DEAD_LETTER, letter)
+
+    assert data[1:5] == (3).to_bytes(4, "big")
+    assert AvroCodec(registry).decode(data, expected=DEAD_LETTER) == letter | {
+        "value_truncated": False,
+        "value_size": None,
+    }
 
 
 def test_registering_a_new_version_makes_it_the_latest(registry: Registry) -> None:

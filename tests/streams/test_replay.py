@@ -200,7 +200,7 @@ def test_dlq_replay_republishes_the_original_bytes(
 ) -> None:
     target = f"{topics['uploads']}-retry"
 
-    def letter(kind: str, key: bytes | None, value: bytes) -> bytes:
+    def letter(kind: str, key: bytes | None, value: bytes, truncated: bool = False) -> bytes:
         record = {
             "event_id": str(uuid.uuid4()),
             "original_topic": target,
@@ -212,6 +212,8 @@ def test_dlq_replay_republishes_the_original_bytes(
             "error_message": "boom",
             "attempts": 3,
             "failed_at": datetime.now(timezone.utc),
+            "value_truncated": truncated,
+            "value_size": len(value) * (100 if truncated else 1),
         }
         return encode(DEAD_LETTER, record)
 
@@ -224,6 +226,7 @@ def test_dlq_replay_republishes_the_original_bytes(
                 (b"dlq", letter("fetch_error", b"a", b"\x00first original")),
                 (b"dlq", letter("decode_error", None, b"garbage")),
                 (b"dlq", b"not a dead letter"),
+                (b"dlq", letter("fetch_error", b"t", b"\x00the first bytes of a huge one", truncated=True)),
                 (b"dlq", letter("fetch_error", None, b"\x00second original")),
                 (b"dlq", letter("fetch_error", b"c", b"\x00third original")),
             ],
@@ -240,5 +243,5 @@ def test_dlq_replay_republishes_the_original_bytes(
 
     assert status == 0
     assert f"re-published 2 dead letters (2 fetch_error to {target})" in summary
-    assert "1 of other kinds left, 1 undecodable skipped" in summary
+    assert "1 of other kinds left, 1 undecodable skipped, 1 with truncated values skipped" in summary
     assert sorted(republished, key=lambda kv: kv[1]) == [(b"a", b"\x00first original"), (None, b"\x00second original")]
