@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
 import sys
@@ -16,14 +15,26 @@ from streams.pretrained import with_available_models
 from streams.settings import Settings
 
 
+class CommandError(Exception):
+    """A mistake the user can fix (a bad input line, a topic that does not exist): one line, no traceback."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from aiokafka.errors import KafkaConnectionError
+
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except CommandError as exc:
+        print(f"tagstream: {exc}", file=sys.stderr)
+    except KafkaConnectionError as exc:
+        print(f"tagstream: cannot reach the Kafka broker ({exc}); check --broker or TAGSTREAM_BROKER", file=sys.stderr)
+    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,11 +147,28 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from streams.kafka_io import produce_uploads
+    from schemas import IMAGE_UPLOADED, EncodeError, encode
+    from streams.kafka_io import complete_upload, produce_uploads
 
     settings = _settings_from(args)
-    lines = sys.stdin.read().splitlines() if args.file == "-" else Path(args.file).read_text().splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
+    name = "stdin" if args.file == "-" else args.file
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except OSError as exc:
+        raise CommandError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    records = []
+    # Every line is checked before anything is published: a bad line never leaves half a file sent.
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = complete_upload(json.loads(line))
+            encode(IMAGE_UPLOADED, record)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"{name} line {number}: not JSON: {exc.msg} (column {exc.colno})") from exc
+        except (EncodeError, AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise CommandError(f"{name} line {number}: not an ImageUploaded event: {exc}") from exc
+        records.append(record)
     sent = asyncio.run(produce_uploads(settings.broker, args.topic or settings.topics.uploads, records))
     for record in sent:
         print(f"published upload {record['upload_id']} (event {record['event_id']})")
@@ -160,8 +188,12 @@ def _tail(args: argparse.Namespace) -> int:
             if args.max is not None and count >= args.max:
                 return
 
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    except LookupError as exc:  # the topic does not exist
+        raise CommandError(str(exc)) from exc
     return 0
 
 
