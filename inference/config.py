@@ -81,3 +81,5 @@ class PipelineConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     source_cache_size: int = 4096
+    # Memory the cached local features of source boxes may take (about 0.1-14 MB each, by texture).
+    source_features_cache_bytes: int = 256 * 1024 * 1024

@@ -79,7 +79,9 @@ class Pipeline:
             config.source_cache_size
         )
         self._source_features: LruCache[tuple[str, tuple[float, ...]], SourceFeatures] = LruCache(
-            config.source_cache_size
+            config.source_cache_size,
+            max_weight=config.source_features_cache_bytes,
+            weigh=lambda features: int(features.keypoints.nbytes + features.descriptors.nbytes),
         )
 
     @classmethod
@@ -274,29 +276,33 @@ class Pipeline:
                 )
                 continue
             threshold = request.similarity_threshold if request.similarity_threshold is not None else default_threshold
-            results[job.request_index].append(
-                decide(
-                    job.tag.product_id,
-                    threshold,
-                    job.clip,
-                    job.geometric,
-                    job.textured,
-                    detections[job.request_index],
-                    self.config.search,
-                )
+            match = decide(
+                job.tag.product_id,
+                threshold,
+                job.clip,
+                job.geometric,
+                job.textured,
+                detections[job.request_index],
+                self.config.search,
             )
+            if match.bbox is not None and request.target_scale != 1.0:
+                match = replace(match, bbox=match.bbox.scaled(1.0 / request.target_scale))
+            results[job.request_index].append(match)
         return results
 
 
 def _tag_jobs(index: int, request: MatchRequest) -> Iterator[_TagJob]:
-    """One job per tag; a box that leaves nothing of the source image becomes a per-tag error."""
+    """One job per tag, its box in working pixels; a box that leaves nothing of the image is a per-tag error."""
     for source in request.sources:
         height, width = source.image.shape[:2]
         for tag in source.tags:
-            box = tag.bbox.clip(width, height)
+            box = tag.bbox.scaled(source.scale).clip(width, height)
             error = None
             if box.width < MIN_BOX_SIDE or box.height < MIN_BOX_SIDE:
-                error = f"bbox {_box_key(tag.bbox)} leaves less than {MIN_BOX_SIDE:g} px inside the {width}x{height} source image"
+                error = (
+                    f"bbox {_box_key(tag.bbox)} leaves less than {MIN_BOX_SIDE:g} px inside the source image "
+                    f"({width}x{height} px at working resolution)"
+                )
             yield _TagJob(index, source, tag, box, error)
 
 

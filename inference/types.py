@@ -46,6 +46,10 @@ class BBox:
     def from_xyxy(cls, x1: float, y1: float, x2: float, y2: float) -> BBox:
         return cls(x1, y1, x2 - x1, y2 - y1)
 
+    def scaled(self, factor: float) -> BBox:
+        """The same box in an image resized by ``factor`` (both axes)."""
+        return BBox(self.x * factor, self.y * factor, self.width * factor, self.height * factor)
+
     def clip(self, width: int, height: int) -> BBox:
         """The part of the box inside a ``width`` x ``height`` image."""
         x1 = min(max(self.x, 0.0), float(width))
@@ -80,21 +84,31 @@ class SourceTag:
 
 @dataclass(frozen=True)
 class SourceImage:
-    """An earlier photo with its tagged products; ``key`` identifies the image for caching (its URL)."""
+    """An earlier photo with its tagged products; ``key`` identifies the image for caching (its URL).
+
+    ``image`` may be a reduced copy of the photo (``scale`` of its pixels per original pixel);
+    tag boxes are always in the original photo's pixels.
+    """
 
     key: str
     image: RGBImage
     tags: tuple[SourceTag, ...]
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
 class MatchRequest:
-    """Find every tag of every source image inside ``target``."""
+    """Find every tag of every source image inside ``target``.
+
+    ``target`` may be a reduced copy of the photo (``target_scale`` of its pixels per original
+    pixel); answered boxes are in the original photo's pixels.
+    """
 
     request_id: str
     target: RGBImage
     sources: tuple[SourceImage, ...]
     similarity_threshold: float | None = None
+    target_scale: float = 1.0
 
 
 @dataclass(frozen=True)

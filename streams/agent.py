@@ -20,14 +20,18 @@ from datetime import datetime, timezone
 from typing import cast
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from faust.types import EventT, StreamT
 
+from streams.engine import ModelsUnavailable
+from streams.health import Progress
 from streams.metrics import Metrics
 from streams.processor import Inbound, Outbound, SuggestionProcessor
 
 log = logging.getLogger(__name__)
 
 PUBLISH_BACKOFF_MAX_S = 10.0
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 
 class SuggestAgent:
@@ -40,13 +44,18 @@ class SuggestAgent:
         max_batch: int,
         max_wait_s: float,
         metrics: Metrics,
+        progress: Progress,
+        on_fatal: Callable[[BaseException], None],
         batches_in_flight: int = 2,
     ) -> None:
+        """``on_fatal`` is called, instead of consuming, when the models cannot be loaded at all."""
         self._outputs = outputs
         self._processor = processor
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._metrics = metrics
+        self._progress = progress
+        self._on_fatal = on_fatal
         self._batches_in_flight = batches_in_flight
         self.agent = app.agent(uploads, name="suggest")(self._consume)
 
@@ -57,7 +66,12 @@ class SuggestAgent:
         current one is in the model (model calls themselves are serialised by the engine). The
         extra reference taken here is what makes it safe to leave the loop body early.
         """
-        processor = await self._processor()
+        try:
+            processor = await self._processor()
+        except ModelsUnavailable as exc:
+            # Crash-looping would keep this worker's partitions from every healthy worker.
+            self._on_fatal(exc)
+            return
         slots = asyncio.Semaphore(self._batches_in_flight)
         running: set[asyncio.Task[None]] = set()
         # take_events is on faust.Stream but missing from its StreamT interface.
@@ -66,6 +80,7 @@ class SuggestAgent:
             async for events in batches:
                 for event in events:
                     event.message.incref()
+                self._progress.taken(len(events))
                 await slots.acquire()
                 task = asyncio.create_task(self._handle(stream, processor, events))
                 running.add(task)
@@ -92,22 +107,56 @@ class SuggestAgent:
             )
             for e in events
         ]
-        outcomes = await processor.process(batch)
-        deliveries = [asyncio.ensure_future(self._publish(outcome)) for outcome in outcomes]
+        answered = 0
         try:
-            for event, outcome, delivered in zip(events, outcomes, deliveries, strict=True):
-                await delivered
-                await stream.ack(event)
-                self._metrics.delivered(outcome.reason, event.message.timestamp)
+            outcomes = await processor.process(batch)
+            deliveries = [
+                asyncio.ensure_future(self._deliver(processor, message, outcome, event.message.timestamp))
+                for event, message, outcome in zip(events, batch, outcomes, strict=True)
+            ]
+            try:
+                for event, delivered in zip(events, deliveries, strict=True):
+                    await delivered
+                    await stream.ack(event)
+                    answered += 1
+                    self._progress.answered()
+            finally:
+                for delivery in deliveries:
+                    delivery.cancel()
         finally:
-            for delivery in deliveries:
-                delivery.cancel()
+            # Cancelled (a rebalance, a shutdown): the rest come again, they are no longer in hand.
+            self._progress.dropped(len(events) - answered)
+
+    async def _deliver(
+        self, processor: SuggestionProcessor, message: Inbound, outcome: Outbound, produced_at: float | None
+    ) -> None:
+        """Publish ``outcome``, or what replaces it if the broker refuses it for good.
+
+        A refusal no retry can fix (the record is over the producer's or broker's size limit)
+        must not hold the batch forever: the suggestion becomes a dead letter, a refused dead
+        letter becomes one without the original bytes. Only if even that is refused is the
+        event given up, loudly (an error log and ``tagstream_publish_refused_total``).
+        """
+        where = f"{message.topic}[{message.partition}]@{message.offset}"
+        current: Outbound | None = outcome
+        while current is not None:
+            try:
+                await self._publish(current)
+            except PublishRefused as refused:
+                self._metrics.publish_refused.labels("suggestion" if current.reason is None else "dead_letter").inc()
+                log.warning("%s: its %s was refused for good: %s", where, current.reason or "suggestion", refused)
+                current = processor.undeliverable(message, current, refused)
+            else:
+                self._metrics.delivered(current.reason, produced_at)
+                return
+        log.error("%s: even a dead letter without the original bytes was refused; the event is given up", where)
 
     async def _publish(self, outcome: Outbound) -> None:
         """Send and wait for the broker's confirmation, retrying until it comes.
 
         While the broker is down the batch waits here, unacknowledged: the worker resumes
-        when it returns instead of dropping or committing anything.
+        when it returns instead of dropping or committing anything. A refusal that no retry
+        can change raises :class:`PublishRefused`.
         """
         topic = self._outputs[outcome.topic]
         delay = 0.5
@@ -119,9 +168,25 @@ class SuggestAgent:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if _too_large(exc):
+                    raise PublishRefused(f"{type(exc).__name__}: {exc}") from exc
                 log.warning("publish to %s failed (%r); retrying in %.1fs", outcome.topic, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, PUBLISH_BACKOFF_MAX_S)
+
+
+class PublishRefused(Exception):
+    """The broker or the producer refused a record in a way that sending it again cannot change."""
+
+
+def _too_large(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps: Faust wraps send errors) says the record is too large."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, _TOO_LARGE):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

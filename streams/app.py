@@ -41,6 +41,7 @@ def create_app(settings: Settings, middlewares: Sequence[Middleware] = ()) -> fa
         # detectors from logging false alarms about it.
         stream_processing_timeout=300.0,
         producer_request_timeout=30.0,
+        producer_max_request_size=settings.producer_max_request_bytes,
     )
     use_fetch_wait(app, settings.fetch_wait_ms)
     return app

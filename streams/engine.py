@@ -20,7 +20,7 @@ from typing import Protocol, cast
 from inference.detector import Detector
 from inference.pipeline import Pipeline
 from inference.types import Detection, MatchRequest, MatchResult, RGBImage
-from streams.fetch import FetchError, FetchPolicy, ImageFetcher
+from streams.fetch import DecodedImage, FetchError, FetchPolicy, ImageFetcher
 from streams.metrics import Metrics
 from streams.processor import PipelineLike
 from streams.settings import Settings
@@ -50,12 +50,15 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
         allow_private_networks=fetch.allow_private_networks,
         max_bytes=fetch.max_bytes,
         max_pixels=fetch.max_pixels,
+        max_side=fetch.working_max_side,
         max_redirects=fetch.max_redirects,
         connect_timeout=fetch.connect_timeout_s,
         read_timeout=min(fetch.read_timeout_s, FetchPolicy.read_timeout),
         total_timeout=fetch.read_timeout_s,
         max_concurrency=fetch.max_concurrency,
+        max_decodes=fetch.max_decodes,
         cache_max_items=fetch.cache_images,
+        cache_max_bytes=fetch.cache_bytes,
     )
 
 
@@ -112,7 +115,7 @@ class MeteredFetcher(ImageFetcher):
         super().__init__(policy)
         self._metrics = metrics
 
-    async def fetch_many(self, urls: Iterable[str]) -> dict[str, RGBImage | FetchError]:
+    async def fetch_many(self, urls: Iterable[str]) -> dict[str, DecodedImage | FetchError]:
         started = time.perf_counter()
         results = await super().fetch_many(urls)
         self._metrics.stage_seconds.labels("fetch").observe(time.perf_counter() - started)
@@ -132,24 +135,52 @@ class Engine:
     """Detector, embedder and version, as stamped on every suggestion."""
 
 
+class ModelsUnavailable(RuntimeError):
+    """The models failed to load as many times as the worker may try: it should leave its group."""
+
+
 class EngineProvider:
-    """Loads the models and opens the fetcher once, off the event loop, for every caller."""
+    """Loads the models and opens the fetcher once, off the event loop, for every caller.
+
+    A failed load is retried by the next caller (Faust restarts a crashed agent within seconds),
+    up to ``settings.model_load_attempts`` attempts; then :class:`ModelsUnavailable` says the
+    worker should give its partitions to a worker that can answer them.
+    """
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
         self._lock = asyncio.Lock()
         self._engine: Engine | None = None
+        self._failures = 0
+        self._error: str | None = None
 
     @property
     def loaded(self) -> Engine | None:
         """The engine once its models are loaded; None while they load (or before anyone asked)."""
         return self._engine
 
+    def status(self) -> tuple[bool, str | None]:
+        """Whether the models are loaded, and why not when the last attempt failed."""
+        return self._engine is not None, self._error
+
     async def __call__(self) -> Engine:
         async with self._lock:
             if self._engine is None:
-                self._engine = await self._build()
+                attempts = self._settings.model_load_attempts
+                if self._failures >= attempts:
+                    raise ModelsUnavailable(f"the models failed to load {self._failures} times: {self._error}")
+                try:
+                    self._engine = await self._build()
+                except Exception as exc:
+                    self._failures += 1
+                    self._error = f"attempt {self._failures} of {attempts}: {type(exc).__name__}: {exc}"
+                    self._metrics.model_load_failures.inc()
+                    log.error("loading the models failed (%s)", self._error)
+                    if self._failures >= attempts:
+                        raise ModelsUnavailable(f"the models failed to load {attempts} times: {self._error}") from exc
+                    raise
+                self._error = None
             return self._engine
 
     async def _build(self) -> Engine:

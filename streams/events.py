@@ -61,8 +61,21 @@ class UploadEvent:
 
 @dataclass(frozen=True)
 class EventLimits:
+    """What one upload event may carry; checked at the door, before any work.
+
+    Besides bounding the work an event can ask for, the limits bound what the event makes the
+    worker *publish*: ids, URLs and attributes are echoed into its suggestion (or dead letter),
+    and an output over the producer's request limit could never be delivered. With the
+    defaults a suggestion stays under ~100 KB and a dead letter under ``max_event_bytes`` plus
+    a little, far below Kafka's 1 MB default.
+    """
+
     max_sources: int = 16
     max_tags: int = 64
+    max_event_bytes: int = 256 * 1024
+    max_id_chars: int = 256
+    max_url_chars: int = 8192
+    max_attribute_bytes: int = 16 * 1024
 
 
 def parse_upload(record: dict[str, Any], limits: EventLimits) -> UploadEvent:
@@ -70,7 +83,9 @@ def parse_upload(record: dict[str, Any], limits: EventLimits) -> UploadEvent:
     for field_name in ("event_id", "upload_id", "target_image_url"):
         if not str(record.get(field_name, "")).strip():
             raise InvalidEvent("empty_field", f"{field_name} is empty")
-    _check_url(record["target_image_url"], "target_image_url")
+    _check_id(record["event_id"], "event_id", limits)
+    _check_id(record["upload_id"], "upload_id", limits)
+    _check_url(record["target_image_url"], "target_image_url", limits)
     sources = record.get("sources", [])
     if len(sources) > limits.max_sources:
         raise InvalidEvent("too_many_sources", f"{len(sources)} sources, limit {limits.max_sources}")
@@ -80,9 +95,17 @@ def parse_upload(record: dict[str, Any], limits: EventLimits) -> UploadEvent:
     threshold = record.get("similarity_threshold")
     if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
         raise InvalidEvent("bad_threshold", f"similarity_threshold {threshold} is not a cosine in [-1, 1]")
+    attributes = dict(record.get("attributes") or {})
+    attribute_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items())
+    if attribute_bytes > limits.max_attribute_bytes:
+        raise InvalidEvent(
+            "attributes_too_large", f"attributes hold {attribute_bytes} bytes, limit {limits.max_attribute_bytes}"
+        )
     parsed_sources = []
     for index, source in enumerate(sources):
-        _check_url(source["image_url"], f"sources[{index}].image_url")
+        _check_url(source["image_url"], f"sources[{index}].image_url", limits)
+        for position, tag in enumerate(source["tags"]):
+            _check_id(tag["product_id"], f"sources[{index}].tags[{position}].product_id", limits)
         parsed_sources.append(UploadSource(source["image_url"], tuple(_parse_tag(t) for t in source["tags"])))
     return UploadEvent(
         event_id=record["event_id"],
@@ -91,13 +114,31 @@ def parse_upload(record: dict[str, Any], limits: EventLimits) -> UploadEvent:
         target_image_url=record["target_image_url"],
         sources=tuple(parsed_sources),
         similarity_threshold=threshold,
-        attributes=dict(record.get("attributes") or {}),
+        attributes=attributes,
     )
 
 
-def _check_url(url: str, field_name: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+def check_size(value: bytes, limits: EventLimits) -> None:
+    """The whole encoded event, before anything else: a huge event is refused whatever it holds."""
+    if len(value) > limits.max_event_bytes:
+        raise InvalidEvent("event_too_large", f"event is {len(value)} bytes, limit {limits.max_event_bytes}")
+
+
+def _check_id(value: str, field_name: str, limits: EventLimits) -> None:
+    if len(value) > limits.max_id_chars:
+        raise InvalidEvent("id_too_long", f"{field_name} has {len(value)} characters, limit {limits.max_id_chars}")
+
+
+def _check_url(url: str, field_name: str, limits: EventLimits) -> None:
+    if len(url) > limits.max_url_chars:
+        raise InvalidEvent("url_too_long", f"{field_name} has {len(url)} characters, limit {limits.max_url_chars}")
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018  # parsed lazily: raises ValueError for a port out of range
+    except ValueError as exc:  # an unclosed IPv6 bracket, a bracketed IPv4 host, a bad port ...
+        raise InvalidEvent("bad_url", f"{field_name} {url!r} is not a valid URL: {exc}") from exc
+    if not valid:
         raise InvalidEvent("bad_url", f"{field_name} {url!r} is not an absolute http(s) URL")
 
 

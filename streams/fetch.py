@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from inference.types import RGBImage
 from streams.fetch_cache import ImageCache
-from streams.fetch_decode import decode_image
+from streams.fetch_decode import DecodedImage, decode_image
 from streams.fetch_errors import (
     BadScheme,
     BadUrl,
@@ -42,6 +41,7 @@ from streams.fetch_errors import (
     TooLarge,
     TooManyPixels,
     TooManyRedirects,
+    UnexpectedFetchError,
 )
 from streams.fetch_transport import BackendTransport
 from streams.netguard import (
@@ -62,6 +62,7 @@ __all__ = [
     "BadUrl",
     "BlockedAddress",
     "ConnectionFailed",
+    "DecodedImage",
     "DnsError",
     "FetchError",
     "FetchPolicy",
@@ -73,6 +74,7 @@ __all__ = [
     "TooLarge",
     "TooManyPixels",
     "TooManyRedirects",
+    "UnexpectedFetchError",
 ]
 
 _MiB = 1024 * 1024
@@ -89,7 +91,9 @@ class FetchPolicy:
     image stores; cloud metadata, multicast and reserved addresses stay refused regardless.
     ``read_timeout`` bounds each wait for data and ``total_timeout`` the whole download
     including redirects, since a server sending one byte a second never trips the first.
-    ``max_concurrency`` bounds downloads and decodes in flight, which bounds memory too.
+    ``max_concurrency`` bounds downloads in flight; ``max_decodes`` bounds decodes at once,
+    each of which briefly holds a whole image at full size (up to ``max_pixels`` x 3 bytes)
+    before it is reduced to ``max_side``.
     """
 
     allow_private_networks: bool = False
@@ -100,7 +104,9 @@ class FetchPolicy:
     total_timeout: float = 30.0
     max_bytes: int = 20 * _MiB
     max_pixels: int = 40_000_000
+    max_side: int = 2048
     max_concurrency: int = 16
+    max_decodes: int = 2
     cache_max_items: int = 128
     cache_max_bytes: int = 512 * _MiB
 
@@ -108,8 +114,8 @@ class FetchPolicy:
         unsupported = self.allowed_schemes - _SUPPORTED_SCHEMES
         if unsupported:
             raise ValueError(f"only http and https can be fetched, not {sorted(unsupported)}")
-        positive = ("connect_timeout", "read_timeout", "total_timeout", "max_bytes", "max_pixels")
-        for name in (*positive, "max_concurrency"):
+        positive = ("connect_timeout", "read_timeout", "total_timeout", "max_bytes", "max_pixels", "max_side")
+        for name in (*positive, "max_concurrency", "max_decodes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("max_redirects", "cache_max_items", "cache_max_bytes"):
@@ -165,8 +171,9 @@ class ImageFetcher:
             cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
         )
         self._semaphore = asyncio.Semaphore(policy.max_concurrency)
+        self._decodes = asyncio.Semaphore(policy.max_decodes)
         self._cache = ImageCache(max_items=policy.cache_max_items, max_bytes=policy.cache_max_bytes)
-        self._inflight: dict[str, asyncio.Task[RGBImage]] = {}
+        self._inflight: dict[str, asyncio.Task[DecodedImage]] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -178,8 +185,8 @@ class ImageFetcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._client.aclose()
 
-    async def fetch(self, url: str) -> RGBImage:
-        """The image at ``url`` as a read-only HxWx3 RGB array; raises :class:`FetchError`.
+    async def fetch(self, url: str) -> DecodedImage:
+        """The image at ``url``, upright, at most ``max_side``, read-only; raises :class:`FetchError`.
 
         Concurrent calls for one URL share one download, and finished images are cached,
         because the same source image arrives in many events at once.
@@ -195,33 +202,39 @@ class ImageFetcher:
         # Shielded: one caller being cancelled must not cancel the download others await.
         return await asyncio.shield(task)
 
-    async def fetch_many(self, urls: Iterable[str]) -> dict[str, RGBImage | FetchError]:
-        """Fetch each distinct URL once, concurrently; failures are returned, not raised."""
+    async def fetch_many(self, urls: Iterable[str]) -> dict[str, DecodedImage | FetchError]:
+        """Fetch each distinct URL once, concurrently; failures are returned, never raised."""
         unique = list(dict.fromkeys(urls))
         outcomes = await asyncio.gather(*(self._settle(url) for url in unique))
         return dict(zip(unique, outcomes, strict=True))
 
-    async def _settle(self, url: str) -> RGBImage | FetchError:
+    async def _settle(self, url: str) -> DecodedImage | FetchError:
         try:
             return await self.fetch(url)
         except FetchError as exc:
             return exc
+        except Exception as exc:  # one URL's surprise must not cost the other URLs their images
+            return UnexpectedFetchError(url, f"{type(exc).__name__}: {exc}")
 
-    def _forget(self, url: str, task: asyncio.Task[RGBImage]) -> None:
+    def _forget(self, url: str, task: asyncio.Task[DecodedImage]) -> None:
         del self._inflight[url]
         if not task.cancelled():
             task.exception()  # retrieved: a failure whose waiters all left is not a bug
 
-    async def _fetch_uncached(self, url: str) -> RGBImage:
-        # Decoding stays under the semaphore: it is what bounds the memory of decodes.
+    async def _fetch_uncached(self, url: str) -> DecodedImage:
+        policy = self._policy
         async with self._semaphore:
             try:
-                data = await asyncio.wait_for(self._download(url), self._policy.total_timeout)
+                data = await asyncio.wait_for(self._download(url), policy.total_timeout)
             except asyncio.TimeoutError as exc:
-                raise FetchTimeout(url, f"download not done within {self._policy.total_timeout}s") from exc
-            # In a thread: a 40 MP decode would otherwise stall the event loop (and with it
-            # the Kafka consumer's heartbeats) for a noticeable fraction of a second.
-            image = await asyncio.to_thread(decode_image, data, max_pixels=self._policy.max_pixels, url=url)
+                raise FetchTimeout(url, f"download not done within {policy.total_timeout}s") from exc
+        # In a thread: a 40 MP decode would otherwise stall the event loop (and with it the
+        # Kafka consumer's heartbeats) for a noticeable fraction of a second. Few at once:
+        # each briefly holds its image at full size, which is what bounds decoding memory.
+        async with self._decodes:
+            image = await asyncio.to_thread(
+                decode_image, data, max_pixels=policy.max_pixels, max_side=policy.max_side, url=url
+            )
         self._cache.put(url, image)
         return image
 

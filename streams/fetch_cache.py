@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from inference.types import RGBImage
+from streams.fetch_decode import DecodedImage
 
 
 class ImageCache:
@@ -19,16 +19,16 @@ class ImageCache:
     def __init__(self, *, max_items: int, max_bytes: int) -> None:
         self._max_items = max_items
         self._max_bytes = max_bytes
-        self._images: OrderedDict[str, RGBImage] = OrderedDict()
+        self._images: OrderedDict[str, DecodedImage] = OrderedDict()
         self._bytes = 0
 
-    def get(self, url: str) -> RGBImage | None:
+    def get(self, url: str) -> DecodedImage | None:
         image = self._images.get(url)
         if image is not None:
             self._images.move_to_end(url)
         return image
 
-    def put(self, url: str, image: RGBImage) -> None:
+    def put(self, url: str, image: DecodedImage) -> None:
         """Keep ``image``, evicting the least recently used; one too big to fit is not kept."""
         if self._max_items == 0 or image.nbytes > self._max_bytes:
             return

@@ -88,3 +88,13 @@ class TlsError(FetchError):
     """The certificate did not verify for the host name: retrying will not fix it."""
 
     kind = "tls"
+
+
+class UnexpectedFetchError(FetchError):
+    """Something no rule above foresaw (a bug, or a library raising what it does not document).
+
+    The fetcher still answers with an error for that one URL instead of raising, so the other
+    images of a batch are unaffected; not retried, since nothing says a retry would help.
+    """
+
+    kind = "unexpected"

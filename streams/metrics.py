@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 
-from faust.types import TP, ConsumerT
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,14 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.publish_refused = Counter(
+            "tagstream_publish_refused",
+            "Records the producer or broker refused for good (over a size limit), by output: a refused "
+            "suggestion is replaced by a publish_error dead letter, a refused dead letter by one without the "
+            "original bytes.",
+            ["output"],
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "tagstream_batch_size", "Events per micro-batch.", buckets=_BATCH_BUCKETS, registry=registry
         )
@@ -64,12 +72,16 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "tagstream_consumer_lag",
-            "Messages not yet fetched per assigned partition (high watermark - consumer position), at scrape time.",
+            "Events of each assigned partition not yet answered: log end offset minus the group's committed "
+            "offset (refreshed every probe_interval_s).",
             ["topic", "partition"],
             registry=registry,
         )
         self.model_load_seconds = Gauge(
             "tagstream_model_load_seconds", "How long loading the models took.", registry=registry
+        )
+        self.model_load_failures = Counter(
+            "tagstream_model_load_failures", "Attempts to load the models that failed.", registry=registry
         )
         self.fetch_image_bytes = Histogram(
             "tagstream_fetch_image_bytes",
@@ -116,28 +128,3 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-async def read_consumer_lag(consumer: ConsumerT) -> dict[TP, int]:
-    """High watermark minus position for each assigned partition; partitions not yet known are left out.
-
-    Best effort by design: before the first fetch the high watermark is unknown, and the
-    position is the fetch position, so events Faust has buffered but not processed yet do not
-    count as lag.
-    """
-    lag: dict[TP, int] = {}
-    try:
-        assigned = consumer.assignment()
-    except Exception as exc:  # not started yet, or stopping
-        log.debug("no consumer assignment to read lag from: %r", exc)
-        return lag
-    for tp in assigned:
-        try:
-            highwater = consumer.highwater(tp)
-            position = await consumer.position(tp)
-        except Exception as exc:
-            log.debug("lag of %s unknown: %r", tp, exc)
-            continue
-        if highwater is not None and position is not None:
-            lag[tp] = max(highwater - position, 0)
-    return lag

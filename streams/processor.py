@@ -1,9 +1,10 @@
 """Turns one micro-batch of raw upload messages into exactly one outgoing record each.
 
 Every inbound message leaves as either a TagSuggestions record or a DeadLetter record: decode
-errors, invalid events, unreachable images and inference failures are all caught here and
-become dead letters with their reason. Nothing here talks to Kafka, so the no-loss logic can be
-reasoned about (and tested) apart from the transport.
+errors, invalid events, unreachable images, inference failures and anything unexpected are
+caught here, per event, and become that event's dead letter with its reason. One bad event
+never costs its batch-mates their answer. Nothing here talks to Kafka, so the no-loss logic
+can be reasoned about (and property-tested) apart from the transport.
 """
 
 from __future__ import annotations
@@ -16,13 +17,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from inference.types import MatchRequest, MatchResult, RGBImage, SourceImage, SourceTag
+from inference.types import MatchRequest, MatchResult, SourceImage, SourceTag
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, DecodeError, EncodeError, decode, encode
-from streams.events import EventLimits, InvalidEvent, UploadEvent, parse_upload, suggestion_record
-from streams.fetch import ImageFetcher
-from streams.fetch_errors import FetchError
+from streams.events import EventLimits, InvalidEvent, UploadEvent, check_size, parse_upload, suggestion_record
+from streams.fetch import DecodedImage, ImageFetcher
+from streams.fetch_errors import FetchError, UnexpectedFetchError
+
+Fetched = Mapping[str, DecodedImage | FetchError]
 
 log = logging.getLogger(__name__)
+
+# A dead letter quotes its error; a message longer than this (an exception quoting a huge input)
+# is cut, so that the letter itself stays small enough to publish.
+MAX_ERROR_CHARS = 4096
+# The original key travels with the dead letter (it decides the partition); a key longer than
+# this is cut, and the letter says so.
+MAX_KEY_BYTES = 1024
 
 
 class PipelineLike(Protocol):
@@ -52,6 +62,8 @@ class Outbound:
     key: bytes | None
     value: bytes
     reason: str | None = None
+    bare: bool = False
+    """A dead letter that left the original bytes out (the one with them was refused)."""
 
 
 @dataclass(frozen=True)
@@ -68,10 +80,19 @@ class Topics:
 
 
 class _Failed(Exception):
-    def __init__(self, kind: str, message: str, attempts: int = 1) -> None:
+    """Why one event gets a dead letter; the ids are the event's, when it was decoded far enough."""
+
+    def __init__(
+        self, kind: str, message: str, attempts: int = 1, ids: tuple[str | None, str | None] = (None, None)
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.attempts = attempts
+        self.upload_id, self.upload_event_id = ids
+
+    def of(self, event: UploadEvent) -> _Failed:
+        self.upload_id, self.upload_event_id = event.upload_id, event.event_id
+        return self
 
 
 class SuggestionProcessor:
@@ -82,23 +103,54 @@ class SuggestionProcessor:
         topics: Topics,
         retry: RetryPolicy | None = None,
         limits: EventLimits | None = None,
+        images_at_once: int = 16,
     ) -> None:
+        """``images_at_once`` bounds the decoded images a batch holds: events are worked through in
+        groups needing at most that many distinct images (an event needing more goes alone)."""
         self.pipeline = pipeline
         self.fetcher = fetcher
         self.topics = topics
         self.model = dict(pipeline.lineage)
         self.retry = retry or RetryPolicy()
         self.limits = limits or EventLimits()
+        self.images_at_once = max(1, images_at_once)
 
     async def process(self, batch: Sequence[Inbound]) -> list[Outbound]:
-        """One Outbound per Inbound, in the same order."""
+        """One Outbound per Inbound, in the same order; never raises (but for cancellation)."""
+        try:
+            return await self._process(batch)
+        except Exception as exc:
+            # Every step below catches its own failures per event, so this is a bug. Answering
+            # each event with a dead letter still beats leaving the batch unanswered.
+            log.exception("processing a batch of %d failed unexpectedly; dead-lettering it", len(batch))
+            return [self.dead_letter(m, _Failed("pipeline_error", _unexpected(exc))) for m in batch]
+
+    async def _process(self, batch: Sequence[Inbound]) -> list[Outbound]:
         outcomes: dict[int, Outbound] = {}
         events: dict[int, UploadEvent] = {}
         for index, message in enumerate(batch):
             try:
                 events[index] = self._parse(message)
             except _Failed as failure:
-                outcomes[index] = self._dead_letter(message, failure, None)
+                outcomes[index] = self.dead_letter(message, failure)
+        for group in self._groups(events):
+            outcomes.update(await self._process_group(batch, group))
+        return [outcomes[i] for i in range(len(batch))]
+
+    def _groups(self, events: dict[int, UploadEvent]) -> list[dict[int, UploadEvent]]:
+        """Consecutive events whose distinct images fit ``images_at_once``: what one model call sees."""
+        groups: list[dict[int, UploadEvent]] = []
+        urls: set[str] = set()
+        for index, event in events.items():
+            if not groups or len(urls | event.image_urls) > self.images_at_once:
+                groups.append({})
+                urls = set()
+            groups[-1][index] = event
+            urls |= event.image_urls
+        return groups
+
+    async def _process_group(self, batch: Sequence[Inbound], events: dict[int, UploadEvent]) -> dict[int, Outbound]:
+        outcomes: dict[int, Outbound] = {}
         images = await self._fetch_all({url for e in events.values() for url in e.image_urls})
         requests: dict[int, MatchRequest] = {}
         tag_errors: dict[int, dict[int, str]] = {}
@@ -106,39 +158,36 @@ class SuggestionProcessor:
             try:
                 requests[index], tag_errors[index] = _match_request(event, images, self.retry.fetch_attempts)
             except _Failed as failure:
-                outcomes[index] = self._dead_letter(batch[index], failure, event)
-        results = await self._infer(requests)
-        for index, result in results.items():
-            event = events[index]
-            if isinstance(result, _Failed):
-                outcomes[index] = self._dead_letter(batch[index], result, event)
-                continue
-            record = suggestion_record(event, result, tag_errors[index], self.model, batch[index].received_at)
-            try:
-                value = encode(TAG_SUGGESTIONS, record)
-            except EncodeError as exc:
-                outcomes[index] = self._dead_letter(batch[index], _Failed("encode_error", str(exc)), event)
-                continue
-            outcomes[index] = Outbound(self.topics.suggestions, event.upload_id.encode(), value)
-        return [outcomes[i] for i in range(len(batch))]
+                outcomes[index] = self.dead_letter(batch[index], failure.of(event))
+            except Exception as exc:
+                outcomes[index] = self.dead_letter(batch[index], _Failed("pipeline_error", _unexpected(exc)).of(event))
+        for index, result in (await self._infer(requests)).items():
+            outcomes[index] = self._answer(batch[index], events[index], result, tag_errors[index])
+        return outcomes
 
     def _parse(self, message: Inbound) -> UploadEvent:
         try:
             record = decode(message.value, expected=IMAGE_UPLOADED)
         except DecodeError as exc:
             raise _Failed("decode_error", f"{exc.reason.value}: {exc}") from exc
+        except Exception as exc:
+            raise _Failed("decode_error", _unexpected(exc)) from exc
+        ids = (_text(record.get("upload_id")), _text(record.get("event_id")))
         try:
+            check_size(message.value, self.limits)
             return parse_upload(record, self.limits)
         except InvalidEvent as exc:
-            raise _Failed("invalid_event", f"{exc.reason}: {exc}") from exc
+            raise _Failed("invalid_event", f"{exc.reason}: {exc}", ids=ids) from exc
+        except Exception as exc:
+            raise _Failed("invalid_event", _unexpected(exc), ids=ids) from exc
 
-    async def _fetch_all(self, urls: set[str]) -> dict[str, RGBImage | FetchError]:
+    async def _fetch_all(self, urls: set[str]) -> dict[str, DecodedImage | FetchError]:
         """Fetch every URL once; transient failures are retried with exponential backoff."""
-        results: dict[str, RGBImage | FetchError] = {}
+        results: dict[str, DecodedImage | FetchError] = {}
         pending = sorted(urls)
         delay = self.retry.fetch_backoff_s
         for attempt in range(1, self.retry.fetch_attempts + 1):
-            fetched = await self.fetcher.fetch_many(pending)
+            fetched = await self._fetch_isolated(pending)
             results.update(fetched)
             pending = [u for u, r in fetched.items() if isinstance(r, FetchError) and r.transient]
             if not pending or attempt == self.retry.fetch_attempts:
@@ -148,14 +197,28 @@ class SuggestionProcessor:
             delay *= 2
         return results
 
+    async def _fetch_isolated(self, urls: list[str]) -> Fetched:
+        """``fetch_many``, and should it ever raise, each URL on its own so only its events fail."""
+        try:
+            return await self.fetcher.fetch_many(urls)
+        except Exception:
+            log.exception("fetching %d images failed as a whole; fetching them one by one", len(urls))
+        results: dict[str, DecodedImage | FetchError] = {}
+        for url in urls:
+            try:
+                results.update(await self.fetcher.fetch_many([url]))
+            except Exception as exc:
+                results[url] = UnexpectedFetchError(url, _unexpected(exc))
+        return results
+
     async def _infer(self, requests: dict[int, MatchRequest]) -> dict[int, MatchResult | _Failed]:
         """Run the batch; if it raises, run each request alone so one bad event spoils only itself."""
         if not requests:
             return {}
         indices = list(requests)
         try:
-            batch_results = await asyncio.to_thread(self.pipeline.run, [requests[i] for i in indices])
-            return dict(zip(indices, batch_results, strict=True))
+            batch = [requests[i] for i in indices]
+            return dict(zip(indices, _checked(batch, await asyncio.to_thread(self.pipeline.run, batch)), strict=True))
         except Exception:
             log.exception("pipeline failed on a batch of %d; isolating events", len(indices))
         outcomes: dict[int, MatchResult | _Failed] = {}
@@ -167,7 +230,7 @@ class SuggestionProcessor:
         error: Exception | None = None
         for _ in range(self.retry.pipeline_attempts):
             try:
-                return (await asyncio.to_thread(self.pipeline.run, [request]))[0]
+                return _checked([request], await asyncio.to_thread(self.pipeline.run, [request]))[0]
             except Exception as exc:
                 error = exc
                 log.warning(
@@ -178,20 +241,64 @@ class SuggestionProcessor:
                 )
         return _Failed("pipeline_error", f"{type(error).__name__}: {error}", self.retry.pipeline_attempts)
 
-    def _dead_letter(self, message: Inbound, failure: _Failed, event: UploadEvent | None) -> Outbound:
+    def _answer(
+        self, message: Inbound, event: UploadEvent, result: MatchResult | _Failed, tag_errors: dict[int, str]
+    ) -> Outbound:
+        if isinstance(result, _Failed):
+            return self.dead_letter(message, result.of(event))
+        try:
+            record = suggestion_record(event, result, tag_errors, self.model, message.received_at)
+            value = encode(TAG_SUGGESTIONS, record)
+        except EncodeError as exc:
+            return self.dead_letter(message, _Failed("encode_error", str(exc)).of(event))
+        except Exception as exc:
+            return self.dead_letter(message, _Failed("pipeline_error", _unexpected(exc)).of(event))
+        return Outbound(self.topics.suggestions, event.upload_id.encode(), value)
+
+    def undeliverable(self, message: Inbound, outcome: Outbound, error: Exception) -> Outbound | None:
+        """What to publish instead of ``outcome`` when the broker refused it for good (too large).
+
+        A suggestion becomes a dead letter of kind ``publish_error``; a dead letter that was
+        refused itself is replaced by one that keeps none of the original value (it says so);
+        for that one, nothing is left to try (None).
+        """
+        if outcome.bare:
+            return None
+        if outcome.reason is None:
+            text = f"the suggestion ({len(outcome.value)} bytes) could not be published: {error}"
+        else:
+            text = (
+                f"{_error_message(outcome)}; then its dead letter ({len(outcome.value)} bytes) was refused too: {error}"
+            )
+        failure = _Failed("publish_error", text, ids=_ids(message.value))
+        return self.dead_letter(message, failure, keep_value=outcome.reason is None)
+
+    def dead_letter(self, message: Inbound, failure: _Failed, keep_value: bool = True) -> Outbound:
+        """The dead letter of ``message``: its original bytes (cut to ``max_event_bytes``) and why."""
+        limit = self.limits.max_event_bytes if keep_value else 0
+        value = message.value[:limit]
+        key = message.key[:MAX_KEY_BYTES] if message.key is not None else None
+        notes = []
+        if len(value) < len(message.value):
+            notes.append(f"value cut from {len(message.value)} to {len(value)} bytes")
+        if key is not None and message.key is not None and len(key) < len(message.key):
+            notes.append(f"key cut from {len(message.key)} to {len(key)} bytes")
+        error = _clip(str(failure), MAX_ERROR_CHARS) + (f" [{'; '.join(notes)}]" if notes else "")
         record: dict[str, Any] = {
             "event_id": str(uuid.uuid4()),
             "original_topic": message.topic,
             "original_partition": message.partition,
             "original_offset": message.offset,
-            "key": message.key,
-            "value": message.value,
+            "key": key,
+            "value": value,
             "error_kind": failure.kind,
-            "error_message": str(failure),
+            "error_message": error,
             "attempts": failure.attempts,
             "failed_at": datetime.now(timezone.utc),
-            "upload_id": event.upload_id if event else None,
-            "upload_event_id": event.event_id if event else None,
+            "upload_id": _clip_id(failure.upload_id, self.limits),
+            "upload_event_id": _clip_id(failure.upload_event_id, self.limits),
+            "value_truncated": len(value) < len(message.value),
+            "value_size": len(message.value),
         }
         log.warning(
             "dead letter %s for %s[%d]@%d (upload %s): %s",
@@ -200,15 +307,13 @@ class SuggestionProcessor:
             message.partition,
             message.offset,
             record["upload_id"],
-            failure,
+            error,
             extra={"upload_id": record["upload_id"], "event_id": record["upload_event_id"], "error_kind": failure.kind},
         )
-        return Outbound(self.topics.dead_letters, message.key, encode(DEAD_LETTER, record), failure.kind)
+        return Outbound(self.topics.dead_letters, key, encode(DEAD_LETTER, record), failure.kind, bare=not keep_value)
 
 
-def _match_request(
-    event: UploadEvent, images: Mapping[str, RGBImage | FetchError], fetch_attempts: int
-) -> tuple[MatchRequest, dict[int, str]]:
+def _match_request(event: UploadEvent, images: Fetched, fetch_attempts: int) -> tuple[MatchRequest, dict[int, str]]:
     """The pipeline's request for an event whose images all arrived, plus the per-tag errors."""
     for url in [event.target_image_url, *(s.image_url for s in event.sources)]:
         image = images[url]
@@ -224,7 +329,7 @@ def _match_request(
         tags: list[SourceTag] = []
         image = images[source.image_url]
         assert not isinstance(image, FetchError)
-        height, width = image.shape[:2]
+        width, height = image.original_width, image.original_height
         for upload_tag in source.tags:
             error = upload_tag.error
             if error is None and upload_tag.tag.bbox.clip(width, height).area <= 0:
@@ -239,6 +344,59 @@ def _match_request(
             else:
                 tags.append(upload_tag.tag)
             position += 1
-        sources.append(SourceImage(source.image_url, image, tuple(tags)))
-    request = MatchRequest(event.event_id, target, tuple(sources), event.similarity_threshold)
+        sources.append(SourceImage(source.image_url, image.pixels, tuple(tags), image.scale))
+    request = MatchRequest(event.event_id, target.pixels, tuple(sources), event.similarity_threshold, target.scale)
     return request, tag_errors
+
+
+def _checked(requests: Sequence[MatchRequest], results: Sequence[MatchResult]) -> Sequence[MatchResult]:
+    """The pipeline's results, if they answer these requests: one each, in order, one match per tag.
+
+    A plugin pipeline that breaks this contract must not give one event another event's answer.
+    """
+    if len(results) != len(requests):
+        raise ValueError(f"the pipeline returned {len(results)} results for {len(requests)} requests")
+    for request, result in zip(requests, results, strict=True):
+        tags = sum(len(source.tags) for source in request.sources)
+        if result.request_id != request.request_id or len(result.matches) != tags:
+            raise ValueError(
+                f"the pipeline answered request {result.request_id!r} with {len(result.matches)} matches "
+                f"where request {request.request_id!r} has {tags} tags"
+            )
+    return results
+
+
+def _error_message(letter: Outbound) -> str:
+    """The reason an already built dead letter gives."""
+    try:
+        return str(decode(letter.value, expected=DEAD_LETTER)["error_message"])
+    except Exception:
+        return f"a dead letter of kind {letter.reason}"
+
+
+def _ids(value: bytes) -> tuple[str | None, str | None]:
+    """(upload_id, event_id) of an encoded upload, where it decodes."""
+    try:
+        record = decode(value, expected=IMAGE_UPLOADED)
+    except Exception:
+        return None, None
+    return _text(record.get("upload_id")), _text(record.get("event_id"))
+
+
+def _unexpected(exc: Exception) -> str:
+    return f"unexpected_error: {type(exc).__name__}: {exc}"
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (saying so), and always encodable as UTF-8."""
+    clipped = text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    return clipped.encode("utf-8", "replace").decode("utf-8")
+
+
+def _clip_id(value: str | None, limits: EventLimits) -> str | None:
+    """An id echoed into a dead letter: an over-long one (the reason for the letter, maybe) is cut."""
+    return None if value is None else _clip(value, limits.max_id_chars)

@@ -32,7 +32,18 @@ class FetchSettings(BaseModel):
     )
     max_bytes: int = Field(20 * 1024 * 1024, description="Largest image download accepted, in bytes.")
     max_pixels: int = Field(
-        40_000_000, description="Largest decoded image accepted, in pixels (decompression-bomb guard)."
+        40_000_000,
+        description="Largest image accepted, in pixels, checked from its header before decoding (decompression-bomb guard).",
+    )
+    working_max_side: int = Field(
+        2048,
+        description="Images with a longer side are reduced to it as they are decoded (the matcher works at <= 1024 px); "
+        "boxes are mapped back to the original pixels. Bounds memory per image: 2048 x 2048 x 3 bytes = 12 MB.",
+    )
+    max_batch_pixels: int = Field(
+        64_000_000,
+        description="Decoded pixels a micro-batch holds at once: its events are worked through in groups needing at most "
+        "max_batch_pixels / working_max_side^2 images (an event needing more goes alone).",
     )
     max_redirects: int = Field(
         3, description="Redirects followed per image, each re-checked against the address rules."
@@ -40,12 +51,19 @@ class FetchSettings(BaseModel):
     connect_timeout_s: float = Field(5.0, description="TCP/TLS connect timeout per image request.")
     read_timeout_s: float = Field(15.0, description="Overall deadline per image download.")
     max_concurrency: int = Field(16, description="Image downloads in flight at once per worker.")
+    max_decodes: int = Field(
+        2,
+        description="Image decodes at once per worker; each briefly holds one image at full size (max_pixels x 3 bytes).",
+    )
     attempts: int = Field(
         3, description="Attempts for a transient fetch error (timeout, 5xx, 429) before dead-lettering."
     )
     backoff_s: float = Field(0.5, description="First retry delay for transient fetch errors; doubles per attempt.")
     cache_images: int = Field(
         256, description="Decoded images kept in memory by URL (source images repeat across uploads)."
+    )
+    cache_bytes: int = Field(
+        256 * 1024 * 1024, description="Memory the decoded-image cache may use, in bytes (at working resolution)."
     )
 
 
@@ -137,6 +155,39 @@ class Settings(BaseSettings):
         2, description="Attempts for an event whose inference raises before it is dead-lettered."
     )
     session_timeout_s: float = Field(10.0, description="Kafka consumer session timeout.")
+    producer_max_request_bytes: int = Field(
+        1_000_000,
+        gt=0,
+        description="Largest record the worker publishes (the broker's message.max.bytes should be at least this). A "
+        "suggestion over it becomes a publish_error dead letter; a dead letter over it loses the original bytes.",
+    )
+    max_event_bytes: int = Field(
+        256 * 1024,
+        le=512 * 1024,
+        description="Largest encoded upload event accepted; larger ones are dead-lettered (event_too_large) with their "
+        "first max_event_bytes bytes. At most 512 KiB, so a dead letter always fits Kafka's 1 MB default.",
+    )
+    max_id_chars: int = Field(
+        256, description="Longest event_id, upload_id or product_id accepted (they are echoed into every answer)."
+    )
+    max_attribute_bytes: int = Field(
+        16 * 1024, description="Largest attributes map accepted (keys and values, UTF-8 bytes); echoed into answers."
+    )
+    model_load_attempts: int = Field(
+        3,
+        ge=1,
+        description="Attempts to load the models before the worker gives up, leaves its group (so its partitions move "
+        "to a healthy worker) and exits with status 3.",
+    )
+    probe_interval_s: float = Field(
+        2.0, gt=0, description="How often the worker checks the broker and its consumer lag (for /ready and /metrics)."
+    )
+    stall_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="/ready turns false when events wait but none was taken or answered for this long (a stalled "
+        "worker); longer than the slowest micro-batch.",
+    )
     web_port: int = Field(6066, description="Port of the worker's web server (HTTP API, health, metrics).")
     web_host: str = Field("127.0.0.1", description="Bind address of the worker's web server.")
     cache_dir: Path = Field(
@@ -163,7 +214,13 @@ class Settings(BaseSettings):
 
     def event_limits(self) -> EventLimits:
         """The limits every upload is checked against, on the stream and on the HTTP API alike."""
-        return EventLimits(max_sources=self.max_sources, max_tags=self.max_tags)
+        return EventLimits(
+            max_sources=self.max_sources,
+            max_tags=self.max_tags,
+            max_event_bytes=self.max_event_bytes,
+            max_id_chars=self.max_id_chars,
+            max_attribute_bytes=self.max_attribute_bytes,
+        )
 
     def pipeline_config(self) -> PipelineConfig:
         """The inference library's view of these settings (it never reads the environment)."""

@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import faust
@@ -22,11 +23,12 @@ from aiohttp.typedefs import Handler, Middleware
 from faust.web import View
 from pydantic import BaseModel, ValidationError
 
-from inference.types import MatchRequest, RGBImage, SourceImage, SourceTag
+from inference.types import MatchRequest, SourceImage, SourceTag
 from streams.engine import Engine, EngineProvider
 from streams.events import EventLimits
-from streams.fetch import FetchError
-from streams.metrics import Metrics, read_consumer_lag
+from streams.fetch import DecodedImage, FetchError
+from streams.health import Health
+from streams.metrics import Metrics
 from streams.web_models import (
     ClassesResponse,
     DetectedObject,
@@ -46,47 +48,14 @@ Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 LOADING_RETRY_AFTER_S = 5
 
 
-class Readiness:
-    """Ready to serve: models loaded and the consumer holds a settled assignment from its group.
-
-    An empty assignment counts (a worker beyond the partition count still serves HTTP); a
-    rebalance in progress, a worker that never joined, or one shutting down does not.
-    """
-
-    def __init__(self, app: faust.App, engines: EngineProvider) -> None:
-        self._app = app
-        self._engines = engines
-        self._assigned = False
-        app.on_partitions_revoked.connect(self._on_revoked)
-        app.on_partitions_assigned.connect(self._on_assigned)
-
-    def _on_revoked(self, *args: Any, **kwargs: Any) -> None:
-        self._assigned = False
-
-    def _on_assigned(self, *args: Any, **kwargs: Any) -> None:
-        self._assigned = True
-
-    def report(self) -> dict[str, Any]:
-        models_loaded = self._engines.loaded is not None
-        assigned = self._assigned and not self._app.should_stop
-        partitions = sorted(f"{tp.topic}[{tp.partition}]" for tp in self._app.consumer.assignment()) if assigned else []
-        return {
-            "ready": models_loaded and assigned,
-            "models_loaded": models_loaded,
-            "consumer_assigned": assigned,
-            "partitions": partitions,
-        }
-
-
 class HttpApi:
     """Handlers of every route; ``routes`` lists them for :func:`install_http_api`."""
 
-    def __init__(self, app: faust.App, engines: EngineProvider, metrics: Metrics, limits: EventLimits) -> None:
-        self._app = app
+    def __init__(self, engines: EngineProvider, health: Health, metrics: Metrics, limits: EventLimits) -> None:
         self._engines = engines
+        self._health = health
         self._metrics = metrics
         self._limits = limits
-        self._readiness = Readiness(app, engines)
 
     def routes(self) -> list[Route]:
         return [
@@ -112,9 +81,10 @@ class HttpApi:
         result = await engine.pipeline.match(
             MatchRequest(
                 f"http-{uuid.uuid4()}",
-                target,
-                (SourceImage(body.source_image_url, source, tags),),
+                target.pixels,
+                (SourceImage(body.source_image_url, source.pixels, tags, source.scale),),
                 body.similarity_threshold,
+                target.scale,
             )
         )
         # Boxes the model refuses (nothing left inside the source image) are input errors here.
@@ -147,8 +117,13 @@ class HttpApi:
                 raise _unprocessable(unknown)
         images = await engine.fetcher.fetch_many([body.image_url])
         image = _fetched(images, body.image_url, "image_url")
-        detections = await engine.pipeline.detect(image, body.confidence_threshold)
-        kept = [d for d in detections if wanted is None or d.class_name in wanted]
+        detections = await engine.pipeline.detect(image.pixels, body.confidence_threshold)
+        # Detected at working resolution, answered in the photo's own pixels.
+        kept = [
+            replace(d, bbox=d.bbox.scaled(1.0 / image.scale))
+            for d in detections
+            if wanted is None or d.class_name in wanted
+        ]
         return _json(DetectResponse(objects=[DetectedObject.of(d) for d in kept], total_count=len(kept)))
 
     async def classes(self, request: web.Request) -> web.Response:
@@ -160,11 +135,11 @@ class HttpApi:
         return _json(HealthResponse())
 
     async def ready(self, request: web.Request) -> web.Response:
-        report = self._readiness.report()
+        report = self._health.report()
         return web.json_response(report, status=200 if report["ready"] else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        self._metrics.set_consumer_lag(await read_consumer_lag(self._app.consumer))
+        """Consumer lag comes from the health probe's last round (every ``probe_interval_s``)."""
         body, content_type = self._metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -235,7 +210,7 @@ async def _parse(request: web.Request, model: type[Body]) -> Body:
         raise _unprocessable(errors) from exc
 
 
-def _fetched(images: Mapping[str, RGBImage | FetchError], url: str, field: str) -> RGBImage:
+def _fetched(images: Mapping[str, DecodedImage | FetchError], url: str, field: str) -> DecodedImage:
     image = images[url]
     if isinstance(image, FetchError):
         raise web.HTTPBadRequest(

@@ -16,6 +16,18 @@ def test_lru_evicts_the_least_recently_used() -> None:
     assert cache.get_or_compute("d", lambda: 4) == 4 and len(cache) == 2
 
 
+def test_lru_keeps_its_weight_under_the_bound() -> None:
+    cache: LruCache[str, bytes] = LruCache(100, max_weight=10, weigh=len)
+    cache.put("a", b"1234")
+    cache.put("b", b"12345")
+    cache.put("c", b"123")  # 12 > 10: the oldest goes
+    assert cache.get("a") is None and cache.weight == 8
+    cache.put("huge", b"x" * 11)  # heavier than the bound on its own: never kept
+    assert cache.get("huge") is None and cache.weight == 8
+    cache.put("b", b"1")  # replacing an entry replaces its weight
+    assert cache.weight == 4 and len(cache) == 2
+
+
 def test_crops_match_a_plain_resize_of_the_region() -> None:
     image = np.zeros((100, 200, 3), dtype=np.uint8)
     image[20:60, 40:120] = (255, 0, 0)

@@ -26,6 +26,7 @@ from conftest import WorkerFactory, collect, upload_records
 from hostile_http import HostileServer, delayed, flaky, stall, status
 from PIL import Image
 from reliability_report import report
+from web_worker import sample, start_web_worker
 
 from inference.scenes import DemoSet
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, encode
@@ -336,6 +337,9 @@ def test_invalid_events_get_precise_reasons(
         "relative-url": {"target_image_url": "/images/x.png", "sources": []},
         "bad-threshold": {"similarity_threshold": 1.5, "sources": []},
         "nan-threshold": {"similarity_threshold": math.nan, "sources": []},
+        "long-id": {"sources": [source([tag("a"), tag("b"), tag("c"), tag("p" * 300)])]},
+        "long-url": {"target_image_url": target + "?" + "q" * 9000, "sources": []},
+        "big-attributes": {"attributes": {"note": "n" * 19996}, "sources": []},
     }
     events = [{"upload_id": name, "target_image_url": target, **fields} for name, fields in records.items()]
     events.append({"upload_id": " ", "target_image_url": target, "sources": []})  # blank upload id
@@ -369,11 +373,17 @@ def test_invalid_events_get_precise_reasons(
         "bad-threshold": "bad_threshold:",
         "nan-threshold": "bad_threshold:",
         " ": "empty_field: upload_id is empty",
+        "long-id": "id_too_long: sources[0].tags[3].product_id has 300 characters, limit 256",
+        "long-url": f"url_too_long: target_image_url has {len(target) + 9001} characters, limit 8192",
+        "big-attributes": "attributes_too_large: attributes hold 20000 bytes, limit 16384",
     }
     assert set(by_key) == set(expected)
+    sent_by_upload = {e["upload_id"]: e for e in sent}
     for key, prefix in expected.items():
         assert by_key[key]["error_kind"] == "invalid_event"
         assert str(by_key[key]["error_message"]).startswith(prefix), (key, by_key[key]["error_message"])
+        # The event decoded, so its dead letter says which upload and event it was.
+        assert (by_key[key]["upload_id"], by_key[key]["upload_event_id"]) == (key, sent_by_upload[key]["event_id"])
     report(
         tmp_path_factory,
         "invalid events (limits from settings: max_sources=2, max_tags=8)",
@@ -382,4 +392,207 @@ def test_invalid_events_get_precise_reasons(
         len(letters),
         dead_letter_reasons={k: str(v["error_message"]) for k, v in sorted(by_key.items())},
         tag_errors={k: v for k, v in errors.items() if v},
+    )
+
+
+# --- hostile input that once stalled or silenced the stream -----------------------------------
+
+
+def test_malformed_urls_cost_only_their_own_events(
+    broker: EmbeddedBroker,
+    workers: WorkerFactory,
+    demo_set: DemoSet,
+    image_server: ImageServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A bracketed IPv4 host or an unclosed IPv6 bracket once killed the whole micro-batch."""
+    uploads, suggestions, dead_letters = _topics("badurl")
+    good = _many(demo_set, image_server, "badurl", 6)
+    hostile = {
+        "bracketed-ipv4": "http://[127.0.0.1]:18080/x.png",
+        "open-bracket": "http://[::1/x.png",
+        "bad-port": "http://127.0.0.1:99999/x.png",
+    }
+    bad = [{**good[0], "upload_id": name, "target_image_url": url} for name, url in hostile.items()]
+    # Interleaved, so every micro-batch of 4 holds a malformed URL next to good events.
+    records = [record for pair in zip(good, [*bad, *bad], strict=False) for record in pair]
+    sent = asyncio.run(produce_uploads(broker.url, uploads, records))
+    worker = workers.start("badurl", "badurl", TAGSTREAM_MAX_BATCH="4", **TRIVIAL)
+
+    answered = _wait_ids(broker, suggestions, {e["event_id"] for e in sent if e["upload_id"] not in hostile}, 120)
+    letters = collect(broker, dead_letters, len(records) - len(good), timeout_s=60)
+
+    assert answered == {e["event_id"] for e in sent if e["upload_id"] not in hostile}
+    assert sorted(str(letter["upload_id"]) for letter in letters) == sorted(r["upload_id"] for r in records[1::2])
+    for letter in letters:
+        assert letter["error_kind"] == "invalid_event" and str(letter["error_message"]).startswith("bad_url:")
+        assert letter["upload_event_id"] is not None
+    assert "batch task failed" not in worker.output()
+    report(
+        tmp_path_factory,
+        "malformed URLs ([IPv4], unclosed [IPv6, port 99999) inside micro-batches",
+        len(sent),
+        len(answered),
+        len(letters),
+    )
+
+
+def test_oversized_events_are_dead_lettered_and_the_worker_still_stops_promptly(
+    broker: EmbeddedBroker,
+    workers: WorkerFactory,
+    demo_set: DemoSet,
+    image_server: ImageServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Two ~1 MB events (a product id of 1,000,000 characters) once stalled the worker for good."""
+    uploads, suggestions, dead_letters = _topics("oversized")
+    good = _many(demo_set, image_server, "oversized", 4)
+    huge = [
+        {
+            **good[0],
+            "upload_id": f"huge-{i}",
+            "sources": [
+                {
+                    "image_url": good[0]["target_image_url"],
+                    "tags": [
+                        {"product_id": "p" * 1_000_000, "bbox": {"x": 1.0, "y": 1.0, "width": 9.0, "height": 9.0}}
+                    ],
+                }
+            ],
+        }
+        for i in range(2)
+    ]
+    sent = asyncio.run(produce_uploads(broker.url, uploads, [huge[0], *good[:2], huge[1], *good[2:]]))
+    worker = workers.start("oversized", "oversized", **TRIVIAL)
+
+    answered = _wait_ids(broker, suggestions, {e["event_id"] for e in sent[1:3] + sent[4:]}, 120)
+    letters = collect(broker, dead_letters, 2, timeout_s=60)
+    worker.process.terminate()
+    stopping = time.monotonic()
+    worker.process.wait(timeout=60)
+    stop_s = time.monotonic() - stopping
+
+    assert len(answered) == 4
+    assert sorted(str(letter["upload_id"]) for letter in letters) == ["huge-0", "huge-1"]
+    for letter in letters:
+        message = str(letter["error_message"])
+        assert message.startswith(f"event_too_large: event is {letter['value_size']} bytes, limit 262144"), message
+        assert letter["value_truncated"] is True and letter["value_size"] > 1_000_000
+        assert len(letter["value"]) == 256 * 1024  # type: ignore[arg-type]
+    assert stop_s < 6, f"SIGTERM took {stop_s:.1f} s, more than the 6 s consumer session timeout"
+    report(
+        tmp_path_factory,
+        "two ~1 MB events among good ones, then SIGTERM",
+        len(sent),
+        len(answered),
+        len(letters),
+        seconds_to_stop_after_sigterm=round(stop_s, 1),
+    )
+
+
+def test_a_record_the_producer_refuses_becomes_a_smaller_dead_letter(
+    broker: EmbeddedBroker,
+    workers: WorkerFactory,
+    demo_set: DemoSet,
+    image_server: ImageServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A suggestion over the producer's limit is refused for good: retrying it once held a batch slot forever.
+
+    With a 1500-byte limit, 8 tags of 200-character ids give a suggestion of about 1.9 kB:
+    refused; so is its dead letter (it carries the 2 kB event); the one without the
+    original bytes goes through. The good events around it are answered as usual.
+    """
+    uploads, suggestions, dead_letters = _topics("refused")
+    good = _many(demo_set, image_server, "refused", 3)
+    tags = [{"product_id": f"{i}" * 200, "bbox": {"x": 1.0, "y": 1.0, "width": 9.0, "height": 9.0}} for i in range(8)]
+    wordy = {**good[0], "upload_id": "wordy", "sources": [{"image_url": good[0]["target_image_url"], "tags": tags}]}
+    sent = asyncio.run(produce_uploads(broker.url, uploads, [good[0], wordy, *good[1:]]))
+    worker = start_web_worker(workers, "refused", TAGSTREAM_PRODUCER_MAX_REQUEST_BYTES="1500", **TRIVIAL)
+
+    answered = _wait_ids(broker, suggestions, {e["event_id"] for e in sent if e["upload_id"] != "wordy"}, 120)
+    (letter,) = collect(broker, dead_letters, 1, timeout_s=60)
+    samples = worker.scrape()
+
+    assert len(answered) == 3
+    assert (letter["upload_id"], letter["error_kind"]) == ("wordy", "publish_error")
+    message = str(letter["error_message"])
+    assert message.startswith("the suggestion (") and "then its dead letter (" in message, message
+    assert message.endswith(f"[value cut from {letter['value_size']} to 0 bytes]"), message
+    assert letter["value"] == b"" and letter["value_truncated"] is True and letter["value_size"] > 1500
+    assert sample(samples, "tagstream_publish_refused_total", output="suggestion") == 1
+    assert sample(samples, "tagstream_publish_refused_total", output="dead_letter") == 1
+    assert sample(samples, "tagstream_dead_letters_total", reason="publish_error") == 1
+    report(
+        tmp_path_factory,
+        "an answer over the producer's size limit (1500 bytes here)",
+        len(sent),
+        len(answered),
+        1,
+        dead_letter=str(letter["error_message"])[:120],
+    )
+
+
+# --- memory --------------------------------------------------------------------------------
+
+# The documented bound (docs/reliability.md): a worker with the tiny offline models idles at
+# ~0.9 GiB; on top come the image cache (256 MiB), two decodes at full size (2 x 108 MB for
+# 36 MP), one group of working-size images (<= 15 x 12 MB) and the pipeline's buffers.
+LARGE_IMAGE_RSS_BOUND_MB = 2048
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's high-water resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_large_images_keep_the_worker_within_its_memory_bound(
+    broker: EmbeddedBroker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A 120 KB PNG that decodes to 36 MP, as the target and 16 distinct sources of every event.
+
+    Before images were reduced on decode, two such events took the worker to 6.6 GB. Now each
+    decoded copy is at most 2048 px a side and a batch holds a bounded number of them: the
+    peak stays under the bound, and later rounds of events (new URLs) do not raise it.
+    """
+    uploads, suggestions, _ = _topics("bigpixels")
+    buffer = io.BytesIO()
+    Image.new("RGB", (6000, 6000), (90, 120, 150)).save(buffer, "PNG", optimize=True)
+    tag = {"product_id": "p", "bbox": {"x": 1000.0, "y": 1000.0, "width": 900.0, "height": 900.0}}
+
+    def event(number: int) -> dict[str, Any]:
+        first = 17 * number
+        return {
+            "upload_id": f"big-{number}",
+            "target_image_url": host.url(f"/big.png?n={first}"),
+            "sources": [{"image_url": host.url(f"/big.png?n={first + s}"), "tags": [tag]} for s in range(1, 17)],
+        }
+
+    with HostileServer() as host:
+        for index in range(17 * 6):
+            host.routes[f"/big.png?n={index}"] = status(200, buffer.getvalue(), "image/png")
+        worker = workers.start("bigpixels", "bigpixels")
+        peaks = []
+        sent: list[dict[str, Any]] = []
+        for round_ in range(3):
+            sent += asyncio.run(produce_uploads(broker.url, uploads, [event(2 * round_), event(2 * round_ + 1)]))
+            answered = _wait_ids(broker, suggestions, {e["event_id"] for e in sent}, timeout_s=300)
+            peaks.append(_peak_rss_mb(worker.process.pid))
+        fetched = sum(host.hits.values())
+
+    assert answered == {e["event_id"] for e in sent}
+    assert fetched == 17 * 6
+    assert max(peaks) < LARGE_IMAGE_RSS_BOUND_MB, f"peak RSS {peaks} MiB"
+    assert peaks[2] - peaks[0] < 64, f"later rounds raised the peak: {peaks} MiB"
+    report(
+        tmp_path_factory,
+        "36 MP images (120 KB PNG): 3 rounds of 2 events x (target + 16 distinct sources)",
+        len(sent),
+        len(answered),
+        0,
+        peak_rss_mib_after_each_round=[round(p) for p in peaks],
+        bound_mib=LARGE_IMAGE_RSS_BOUND_MB,
     )

@@ -27,9 +27,10 @@ import pytest
 from PIL import Image
 
 from inference.types import RGBImage
+from streams import fetch as fetch_module
 from streams.fetch import FetchError, FetchPolicy, ImageFetcher
 from streams.fetch_cache import ImageCache
-from streams.fetch_decode import decode_image, sniff_format
+from streams.fetch_decode import DecodedImage, decode_image, sniff_format
 from streams.netguard import (
     AddressCheck,
     IPAddress,
@@ -244,7 +245,7 @@ def fetch(
     async def run() -> RGBImage:
         fetcher = ImageFetcher(policy, resolver=resolver, address_check=address_check, ssl_context=ssl_context)
         async with fetcher:
-            return await fetcher.fetch(url)
+            return (await fetcher.fetch(url)).pixels
 
     return asyncio.run(run())
 
@@ -318,21 +319,55 @@ def test_resolves_names_with_the_system_resolver(server: LoopbackServer) -> None
 def test_decodes_other_web_formats(image_format: str) -> None:
     data = encode(gradient(), image_format)
     assert sniff_format(data) == image_format
-    assert decode_image(data, max_pixels=10_000, url="mem://x").shape == (24, 32, 3)
+    assert decode_image(data, max_pixels=10_000, max_side=4096, url="mem://x").pixels.shape == (24, 32, 3)
 
 
 def test_applies_exif_orientation() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to view
     data = encode(gradient(32, 24), "JPEG", exif=exif.tobytes())
-    assert decode_image(data, max_pixels=10_000, url="mem://x").shape == (32, 24, 3)
+    assert decode_image(data, max_pixels=10_000, max_side=4096, url="mem://x").pixels.shape == (32, 24, 3)
+
+
+def _photo(width: int, height: int) -> RGBImage:
+    """Smooth content, so a reduced decode can be compared with a reduced original."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    return np.dstack([xs * 255 // width, ys * 255 // height, (xs + ys) * 127 // (width + height)]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+def test_large_images_are_reduced_to_the_working_size_as_they_are_decoded(image_format: str) -> None:
+    photo = _photo(1600, 1200)
+    decoded = decode_image(encode(photo, image_format), max_pixels=10_000_000, max_side=850, url="mem://x")
+
+    height, width = decoded.pixels.shape[:2]
+    # A JPEG is decoded at the DCT's 1/2 reduction (800 px keeps over 3/4 of 850, no resize needed);
+    # a PNG is decoded whole and resized to exactly 850.
+    assert width == (800 if image_format == "JPEG" else 850) and height == round(width * 3 / 4)
+    assert (decoded.original_width, decoded.original_height) == (1600, 1200)
+    assert decoded.scale == pytest.approx(width / 1600)
+    reduced = np.asarray(Image.fromarray(photo).resize((width, height), Image.Resampling.BOX))
+    assert np.abs(decoded.pixels.astype(int) - reduced.astype(int)).mean() < 4
+    assert not decoded.pixels.flags.writeable
+
+
+def test_a_sideways_photo_is_reduced_upright_with_its_upright_size() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 1600x1200 sideways: upright it is 1200x1600
+    data = encode(_photo(1600, 1200), "JPEG", exif=exif.tobytes())
+
+    decoded = decode_image(data, max_pixels=10_000_000, max_side=1000, url="mem://x")
+
+    assert (decoded.original_width, decoded.original_height) == (1200, 1600)
+    assert decoded.pixels.shape == (800, 600, 3)
+    assert decoded.scale == 0.5
 
 
 def test_greyscale_and_alpha_become_rgb() -> None:
     grey = encode(gradient()[..., 0], "PNG")
     rgba = encode(np.dstack([gradient(), np.full((24, 32), 128, np.uint8)]), "PNG")
     for data in (grey, rgba):
-        assert decode_image(data, max_pixels=10_000, url="mem://x").shape == (24, 32, 3)
+        assert decode_image(data, max_pixels=10_000, max_side=4096, url="mem://x").pixels.shape == (24, 32, 3)
 
 
 # --- SSRF -------------------------------------------------------------------------------
@@ -480,10 +515,12 @@ def test_body_of_exactly_max_bytes_is_accepted(server: LoopbackServer) -> None:
 
 @pytest.mark.parametrize(("width", "height"), [(20_000, 20_000), (10_000, 5_000)])
 def test_pixel_bombs_are_refused_before_decoding(server: LoopbackServer, width: int, height: int) -> None:
-    """20000^2 trips Pillow's own bomb check while opening; 10000x5000 only ours."""
+    """20000^2 trips Pillow's own bomb check while opening; 10000x5000 only ours. Both quote our limit."""
     server.routes["/bomb.png"] = respond(png_header_only(width, height))
-    error = fetch_error(server.url("/bomb.png"))
+    error = fetch_error(server.url("/bomb.png"), FetchPolicy(allow_private_networks=True, max_pixels=30_000_000))
     assert error.kind == "too_many_pixels"
+    assert f"declares {width * height} pixels" in str(error) or f"{width}x{height} = {width * height}" in str(error)
+    assert "over the limit of 30000000" in str(error)
     assert not error.transient
 
 
@@ -621,13 +658,13 @@ def test_fetch_many_downloads_each_distinct_url_once(server: LoopbackServer) -> 
     server.routes["/a.png"] = respond(PNG)
     good, missing = server.url("/a.png"), server.url("/missing.png")
 
-    async def run() -> dict[str, RGBImage | FetchError]:
+    async def run() -> dict[str, DecodedImage | FetchError]:
         async with ImageFetcher(LOOPBACK) as fetcher:
             return await fetcher.fetch_many([good, good, missing, good])
 
     results = asyncio.run(run())
     assert list(results) == [good, missing]
-    assert isinstance(results[good], np.ndarray)
+    assert isinstance(results[good], DecodedImage)
     assert isinstance(results[missing], FetchError)
     assert server.hits == {"/a.png": 1, "/missing.png": 1}
 
@@ -635,7 +672,7 @@ def test_fetch_many_downloads_each_distinct_url_once(server: LoopbackServer) -> 
 def test_concurrent_fetches_of_one_url_share_a_download(server: LoopbackServer) -> None:
     server.routes["/a.png"] = delayed(0.2, respond(PNG))
 
-    async def run() -> list[RGBImage]:
+    async def run() -> list[DecodedImage]:
         async with ImageFetcher(LOOPBACK) as fetcher:
             return await asyncio.gather(*(fetcher.fetch(server.url("/a.png")) for _ in range(5)))
 
@@ -654,7 +691,7 @@ def test_a_cancelled_caller_does_not_cancel_the_shared_download(server: Loopback
             patient = asyncio.ensure_future(fetcher.fetch(url))
             await asyncio.sleep(0.1)
             impatient.cancel()
-            return await patient
+            return (await patient).pixels
 
     assert asyncio.run(run()).shape == (24, 32, 3)
     assert server.hits["/a.png"] == 1
@@ -687,8 +724,63 @@ def test_downloads_in_flight_are_bounded(server: LoopbackServer) -> None:
     assert server.peak_active == 2
 
 
+def _decoded(pixels: RGBImage) -> DecodedImage:
+    return DecodedImage(pixels, pixels.shape[1], pixels.shape[0], 1.0)
+
+
+def test_an_unforeseen_failure_is_that_urls_error_not_the_calls(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.routes["/a.png"] = respond(PNG)
+    server.routes["/b.png"] = respond(PNG)
+    real = fetch_module.decode_image
+
+    def flaky_decode(data: bytes, *, max_pixels: int, max_side: int, url: str) -> DecodedImage:
+        if url.endswith("/b.png"):
+            raise RuntimeError("a decoder bug")
+        return real(data, max_pixels=max_pixels, max_side=max_side, url=url)
+
+    monkeypatch.setattr(fetch_module, "decode_image", flaky_decode)
+
+    async def run() -> dict[str, DecodedImage | FetchError]:
+        async with ImageFetcher(LOOPBACK) as fetcher:
+            return await fetcher.fetch_many([server.url("/a.png"), server.url("/b.png")])
+
+    results = asyncio.run(run())
+    assert isinstance(results[server.url("/a.png")], DecodedImage)
+    failed = results[server.url("/b.png")]
+    assert isinstance(failed, FetchError) and failed.kind == "unexpected" and "a decoder bug" in str(failed)
+
+
+def test_decodes_at_once_are_bounded(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each decode briefly holds an image at full size: how many run at once bounds that memory."""
+    for index in range(6):
+        server.routes[f"/{index}.png"] = respond(PNG)
+    real = fetch_module.decode_image
+    active, peak = [0], [0]
+    lock = threading.Lock()
+
+    def slow_decode(data: bytes, *, max_pixels: int, max_side: int, url: str) -> DecodedImage:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.1)
+        with lock:
+            active[0] -= 1
+        return real(data, max_pixels=max_pixels, max_side=max_side, url=url)
+
+    monkeypatch.setattr(fetch_module, "decode_image", slow_decode)
+
+    async def run() -> None:
+        async with ImageFetcher(FetchPolicy(allow_private_networks=True, max_decodes=2)) as fetcher:
+            await fetcher.fetch_many(server.url(f"/{index}.png") for index in range(6))
+
+    asyncio.run(run())
+    assert peak[0] == 2
+
+
 def test_cache_evicts_least_recently_used_by_count_and_bytes() -> None:
-    small = np.zeros((10, 10, 3), np.uint8)  # 300 bytes
+    small = _decoded(np.zeros((10, 10, 3), np.uint8))  # 300 bytes
     by_count = ImageCache(max_items=2, max_bytes=10_000)
     by_count.put("a", small)
     by_count.put("b", small)
@@ -700,7 +792,7 @@ def test_cache_evicts_least_recently_used_by_count_and_bytes() -> None:
     for key in "abc":
         by_bytes.put(key, small)
     assert [by_bytes.get(key) is not None for key in "abc"] == [False, True, True]
-    by_bytes.put("huge", np.zeros((20, 20, 3), np.uint8))  # 1200 bytes: never fits
+    by_bytes.put("huge", _decoded(np.zeros((20, 20, 3), np.uint8)))  # 1200 bytes: never fits
     assert by_bytes.get("huge") is None
     assert by_bytes.get("c") is small
 
