@@ -30,7 +30,7 @@ soak: install
 	$(PY) -m pytest tests/soak -m soak -s -p no:cacheprovider
 
 lint: install
-	$(VENV)/bin/ruff check schemas inference streams tests
+	$(VENV)/bin/ruff check schemas inference streams workbench tests
 
 typecheck: install
 	$(VENV)/bin/mypy

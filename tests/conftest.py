@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from inference.scenes import DemoSet, make_demo_set
 from streams.broker import EmbeddedBroker, free_port
-from streams.image_server import ImageServer
+from workbench.image_server import ImageServer
+from workbench.scenes import DemoSet, make_demo_set
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,10 +121,10 @@ class WorkerProcess:
 
 
 def start_cli(command: str, environment: dict[str, str], log: Path) -> WorkerProcess:
-    """``python -m streams.cli COMMAND`` from the repo root, its output in ``log``."""
+    """``python -m streams.cli.main COMMAND`` from the repo root, its output in ``log``."""
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", command],
+            [sys.executable, "-m", "streams.cli.main", command],
             cwd=REPO,
             env=environment,
             stdout=handle,
@@ -187,7 +187,7 @@ def collect(broker: EmbeddedBroker, topic: str, count: int, timeout_s: float) ->
     """Read ``topic`` from the beginning until ``count`` records arrived or the time is up."""
     import asyncio
 
-    from streams.kafka_io import read_topic
+    from streams.kafka import read_topic
 
     async def run() -> list[dict[str, object]]:
         records: list[dict[str, object]] = []
@@ -207,7 +207,7 @@ def collect(broker: EmbeddedBroker, topic: str, count: int, timeout_s: float) ->
 
 def upload_records(demo_set: DemoSet, server: ImageServer, names: list[str] | None = None) -> list[dict[str, Any]]:
     """ImageUploaded records (as `tagstream produce` takes them) for the demo set's uploads."""
-    from streams.demo import demo_uploads
+    from workbench.demo import demo_uploads
 
     records = demo_uploads(demo_set, server)
     return records if names is None else [r for r in records if r["upload_id"] in names]

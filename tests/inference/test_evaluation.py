@@ -11,7 +11,8 @@ import pytest
 from photos import EVAL_SAMPLE
 from PIL import Image
 
-from inference.evaluation import (
+from inference.types import BBox
+from workbench.evaluation import (
     EvalAnswer,
     EvalItem,
     EvalQuery,
@@ -25,7 +26,6 @@ from inference.evaluation import (
     positive_items,
     qualitative_items,
 )
-from inference.types import BBox
 
 TOP_LEVEL_KEYS = {"recall_iou50", "mean_iou", "false_positive_rate", "per_sequence", "cases", "seconds"}
 

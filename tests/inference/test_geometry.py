@@ -11,7 +11,6 @@ import pytest
 from photos import EVAL_SAMPLE
 
 from inference.config import SearchConfig
-from inference.evaluation import EvalCase, load_cases, load_image
 from inference.geometry import (
     Correspondences,
     GeometricMatch,
@@ -22,8 +21,9 @@ from inference.geometry import (
     _is_convex_same_orientation,
     _project,
 )
-from inference.scenes import DemoSet
 from inference.types import BBox, RGBImage
+from workbench.evaluation import EvalCase, load_cases, load_image
+from workbench.scenes import DemoSet
 
 VERIFIER = GeometricVerifier()
 

@@ -14,8 +14,8 @@ from inference.detector import YoloDetector
 from inference.embedder import ClipEmbedder, Embedder
 from inference.geometry import GeometricVerifier
 from inference.pipeline import Pipeline
-from inference.scenes import DemoSet
 from inference.types import BBox, MatchRequest, SourceImage, SourceTag
+from workbench.scenes import DemoSet
 
 
 @pytest.fixture(scope="module")

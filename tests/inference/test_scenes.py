@@ -15,13 +15,13 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from inference.scenes import (
+from inference.types import BBox, RGBImage
+from workbench.scenes import (
     DemoSet,
     make_demo_set,
     render_background,
     render_product,
 )
-from inference.types import BBox, RGBImage
 
 SEEDS = (0, 1, 2, 3)
 Features = tuple[tuple[cv2.KeyPoint, ...], npt.NDArray[np.float32]]

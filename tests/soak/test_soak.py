@@ -31,8 +31,8 @@ from PIL import Image
 
 from schemas import IMAGE_UPLOADED, encode
 from streams.broker import EmbeddedBroker
-from streams.image_server import ImageServer
-from streams.kafka_io import complete_upload
+from streams.kafka import complete_upload
+from workbench.image_server import ImageServer
 
 pytestmark = pytest.mark.soak
 

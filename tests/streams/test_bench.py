@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streams.bench import stage_means, stage_totals
 from streams.metrics import Metrics
+from workbench.bench import stage_means, stage_totals
 
 
 def test_stage_means_are_taken_between_two_scrapes_of_the_real_metrics() -> None:

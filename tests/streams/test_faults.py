@@ -28,11 +28,11 @@ from PIL import Image
 from reliability_report import report
 from web_worker import sample, start_web_worker
 
-from inference.scenes import DemoSet
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, encode
 from streams.broker import EmbeddedBroker
-from streams.image_server import ImageServer
-from streams.kafka_io import complete_upload, produce_uploads
+from streams.kafka import complete_upload, produce_uploads
+from workbench.image_server import ImageServer
+from workbench.scenes import DemoSet
 
 TRIVIAL = {"TAGSTREAM_PIPELINE_FACTORY": "trivial_pipeline:build"}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from streams.app import create_app
 from streams.broker import EmbeddedBroker
-from streams.faust_transport import FetchWaitTransport
 from streams.settings import Settings
+from streams.worker.app import create_app
+from streams.worker.transport import FetchWaitTransport
 
 
 def test_the_worker_consumer_fetches_with_the_configured_wait(broker: EmbeddedBroker) -> None:

@@ -27,11 +27,11 @@ import pytest
 from PIL import Image
 
 from inference.types import RGBImage
-from streams import fetch as fetch_module
-from streams.fetch import FetchError, FetchPolicy, ImageFetcher
-from streams.fetch_cache import ImageCache
-from streams.fetch_decode import DecodedImage, decode_image, sniff_format
-from streams.netguard import (
+from streams.fetch import fetcher as fetch_module
+from streams.fetch.cache import ImageCache
+from streams.fetch.decode import DecodedImage, decode_image, sniff_format
+from streams.fetch.fetcher import FetchError, FetchPolicy, ImageFetcher
+from streams.fetch.netguard import (
     AddressCheck,
     IPAddress,
     ResolutionFailed,

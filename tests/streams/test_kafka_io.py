@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from streams.broker import EmbeddedBroker
-from streams.kafka_io import wait_for_broker
+from streams.kafka import wait_for_broker
 
 
 def test_wait_for_broker_retries_until_the_broker_comes_up(tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ import pytest
 from conftest import collect, upload_records
 from web_worker import WebWorker, sample, start_web_worker, worker_factory
 
-from inference.scenes import DemoSet
 from streams.broker import EmbeddedBroker, free_port
-from streams.image_server import ImageServer
-from streams.kafka_io import produce_raw, produce_uploads
+from streams.kafka import produce_raw, produce_uploads
+from workbench.image_server import ImageServer
+from workbench.scenes import DemoSet
 
 NAME = "observed"
 UPLOADS, SUGGESTIONS, DEAD_LETTERS = f"{NAME}.image-uploaded", f"{NAME}.tag-suggestions", f"{NAME}.image-uploaded.dlq"
@@ -123,7 +123,7 @@ def test_logs_are_json_lines_carrying_the_event(
 
     letter = next(e for e in entries if e.get("upload_id") == "logged-unreachable")
     assert letter["event_id"] == sent["event_id"]
-    assert letter["level"] == "warning" and letter["logger"] == "streams.processor"
+    assert letter["level"] == "warning" and letter["logger"] == "streams.worker.processor"
     assert letter["error_kind"] == "fetch_error" and "dead letter" in letter["message"]
     assert {"ts", "level", "logger", "message"} <= set(letter)
     loaded = next(e for e in entries if e["message"].startswith("models loaded in"))

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import httpcore
 import pytest
 
-from streams.netguard import (
+from streams.fetch.netguard import (
     AddressRefused,
     GuardedBackend,
     IPAddress,

@@ -19,9 +19,9 @@ from reliability_report import report
 from web_worker import WebWorker, start_web_worker
 
 from streams.broker import EmbeddedBroker
-from streams.image_server import ImageServer
-from streams.kafka_io import produce_uploads
-from streams.worker import EXIT_MODELS_UNAVAILABLE
+from streams.kafka import produce_uploads
+from streams.worker.service import EXIT_MODELS_UNAVAILABLE
+from workbench.image_server import ImageServer
 
 FAST_PROBE = {"TAGSTREAM_PROBE_INTERVAL_S": "0.5"}
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.pretrained import pretrained_available, with_available_models
 from streams.settings import ModelSettings, Settings
+from workbench.pretrained import pretrained_available, with_available_models
 
 
 def _settings(detector: Path, embedder: str) -> Settings:

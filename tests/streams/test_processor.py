@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from inference.types import BBox, MatchRequest, MatchResult, TagMatch
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, decode, encode
 from streams.events import EventLimits
-from streams.fetch_decode import DecodedImage
-from streams.fetch_errors import ConnectionFailed, FetchError, NotAnImage
-from streams.processor import Inbound, Outbound, RetryPolicy, SuggestionProcessor, Topics
+from streams.fetch.decode import DecodedImage
+from streams.fetch.errors import ConnectionFailed, FetchError, NotAnImage
+from streams.worker.processor import Inbound, Outbound, RetryPolicy, SuggestionProcessor, Topics
 
 LIMITS = EventLimits(max_sources=4, max_tags=8, max_event_bytes=4096, max_id_chars=64, max_attribute_bytes=512)
 DEAD_LETTER_KINDS = {"decode_error", "invalid_event", "fetch_error", "pipeline_error", "encode_error"}

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from streams.cli_downstream import register
+from streams.cli.downstream import register
 from streams.events import suggestion_event_id
-from streams.productdb import ProductDB, StoredSuggestion
-from streams.productdb_schema import MIGRATIONS
+from streams.productdb.db import ProductDB, StoredSuggestion
+from streams.productdb.migrations import MIGRATIONS
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -15,17 +15,17 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from conftest import collect, upload_records
 
-from inference.scenes import DemoSet
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, encode
 from streams.broker import EmbeddedBroker
-from streams.cli_downstream import register
+from streams.cli.downstream import register
 from streams.events import suggestion_event_id
-from streams.image_server import ImageServer
-from streams.kafka_io import complete_upload, produce_raw, produce_uploads, read_topic
-from streams.productdb import ProductDB
-from streams.replay import ReplayRefused, ReplayRequest, ReplaySummary, check_group_idle, replay
+from streams.kafka import complete_upload, produce_raw, produce_uploads, read_topic
+from streams.productdb.db import ProductDB
+from streams.productdb.sink import SinkStats, SuggestionSink
 from streams.settings import Settings
-from streams.sink import SinkStats, SuggestionSink
+from streams.worker.replay import ReplayRefused, ReplayRequest, ReplaySummary, check_group_idle, replay
+from workbench.image_server import ImageServer
+from workbench.scenes import DemoSet
 
 
 @pytest.fixture

@@ -23,13 +23,13 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from conftest import WorkerFactory, WorkerProcess, collect, start_cli, upload_records, wait_for
 
-from inference.scenes import DemoSet
 from schemas import TAG_SUGGESTIONS, encode
 from streams.broker import EmbeddedBroker
 from streams.events import suggestion_event_id
-from streams.image_server import ImageServer
-from streams.kafka_io import produce_raw, produce_uploads, topic_partitions
-from streams.productdb import ProductDB, StoredSuggestion
+from streams.kafka import produce_raw, produce_uploads, topic_partitions
+from streams.productdb.db import ProductDB, StoredSuggestion
+from workbench.image_server import ImageServer
+from workbench.scenes import DemoSet
 
 # Runs the `sink` command through the downstream CLI's own parser (what `tagstream sink` runs).
 

@@ -33,10 +33,10 @@ from trivial_pipeline import TrivialPipeline
 
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, decode, encode
 from streams.broker import EmbeddedBroker
-from streams.fetch import FetchPolicy, ImageFetcher
-from streams.kafka_io import complete_upload, produce_uploads
-from streams.netguard import IPAddress, ResolutionFailed, refusal_reason
-from streams.processor import Inbound, SuggestionProcessor, Topics
+from streams.fetch.fetcher import FetchPolicy, ImageFetcher
+from streams.fetch.netguard import IPAddress, ResolutionFailed, refusal_reason
+from streams.kafka import complete_upload, produce_uploads
+from streams.worker.processor import Inbound, SuggestionProcessor, Topics
 
 DEFAULT_POLICY = {"TAGSTREAM_FETCH__ALLOW_PRIVATE_NETWORKS": "false"}
 

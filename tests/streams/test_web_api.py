@@ -11,10 +11,10 @@ import reference_api
 from conftest import WorkerFactory
 from web_worker import WebWorker, start_web_worker, worker_factory
 
-from inference.scenes import DemoSet
 from inference.types import BBox
 from streams.broker import EmbeddedBroker, free_port
-from streams.image_server import ImageServer
+from workbench.image_server import ImageServer
+from workbench.scenes import DemoSet
 
 SUGGEST = "/api/suggest-tags"
 DETECT = "/api/detect"

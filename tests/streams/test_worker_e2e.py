@@ -7,12 +7,12 @@ import uuid
 
 from conftest import WorkerFactory, collect, upload_records
 
-from inference.scenes import DemoSet
 from inference.types import BBox
 from streams.broker import EmbeddedBroker, free_port
 from streams.events import suggestion_event_id
-from streams.image_server import ImageServer
-from streams.kafka_io import produce_raw, produce_uploads
+from streams.kafka import produce_raw, produce_uploads
+from workbench.image_server import ImageServer
+from workbench.scenes import DemoSet
 
 
 def _topics(prefix: str) -> tuple[str, str, str]:

@@ -24,12 +24,10 @@ from faust.web import View
 from pydantic import BaseModel, ValidationError
 
 from inference.types import MatchRequest, SourceImage, SourceTag
-from streams.engine import Engine, EngineProvider
 from streams.events import EventLimits
-from streams.fetch import DecodedImage, FetchError
-from streams.health import Health
+from streams.fetch.fetcher import DecodedImage, FetchError
 from streams.metrics import Metrics
-from streams.web_models import (
+from streams.worker.api_models import (
     ClassesResponse,
     DetectedObject,
     DetectRequest,
@@ -39,6 +37,8 @@ from streams.web_models import (
     SuggestTagsRequest,
     SuggestTagsResponse,
 )
+from streams.worker.engine import Engine, EngineProvider
+from streams.worker.health import Health
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from inference.embedder import ClipEmbedder
 from inference.geometry import GeometricVerifier
 from inference.offline_models import build_clip, build_yolo
 from inference.pipeline import Pipeline
-from inference.reference import ReferenceMatcher
-from inference.scenes import make_demo_set
 from inference.types import MatchRequest, MatchResult, SourceImage
+from workbench.reference import ReferenceMatcher
+from workbench.scenes import make_demo_set
 
 Progress = Callable[[str], None]
 

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
 
-from streams.productdb_backends import Backend, open_backend
-from streams.productdb_schema import MIGRATIONS, SCHEMA_VERSION_TABLE, Migration
+from streams.productdb.backends import Backend, open_backend
+from streams.productdb.migrations import MIGRATIONS, SCHEMA_VERSION_TABLE, Migration
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The downstream commands of ``tagstream``: sink, suggestions, replay, dlq replay.
 
-Kept apart from ``streams.cli`` so the product-DB and history tools can grow without touching
-the worker's command line; ``streams.cli`` calls ``register`` to add them.
+Kept apart from ``streams.cli.main`` so the product-DB and history tools can grow without touching
+the worker's command line; ``streams.cli.main`` calls ``register`` to add them.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _time(text: str) -> datetime:
-    from streams.replay import parse_time
+    from streams.worker.replay import parse_time
 
     try:
         return parse_time(text)
@@ -101,7 +101,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _sink(args: argparse.Namespace) -> int:
-    from streams.sink import run_sink
+    from streams.productdb.sink import run_sink
 
     asyncio.run(run_sink(_settings(args)))
     return 0
@@ -112,8 +112,8 @@ def _suggestions(args: argparse.Namespace) -> int:
 
     import psycopg
 
-    from streams.kafka_io import to_json
-    from streams.productdb import ProductDB
+    from streams.kafka import to_json
+    from streams.productdb.db import ProductDB
 
     settings = _settings(args)
 
@@ -155,7 +155,7 @@ def _table(records: Sequence[dict[str, object]]) -> str:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from streams.replay import ReplayRefused, ReplayRequest, ReplaySummary, replay
+    from streams.worker.replay import ReplayRefused, ReplayRequest, ReplaySummary, replay
 
     settings = _settings(args)
     if args.since and args.until and args.until <= args.since:
@@ -188,7 +188,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    from streams.dlq_replay import DlqReplayRequest, replay_dead_letters
+    from streams.deadletters import DlqReplayRequest, replay_dead_letters
 
     settings = _settings(args)
     request = DlqReplayRequest(args.topic or settings.topics.dead_letters, args.filter_kind, args.max)

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inference.scenes import DemoSet, make_demo_set
 from inference.types import BBox
 from streams.broker import EmbeddedBroker, free_port
-from streams.image_server import ImageServer
-from streams.kafka_io import produce_uploads, read_topic
-from streams.pretrained import with_available_models
+from streams.kafka import produce_uploads, read_topic
 from streams.settings import Settings
+from workbench.image_server import ImageServer
+from workbench.pretrained import with_available_models
+from workbench.scenes import DemoSet, make_demo_set
 
 
 def demo_uploads(demo: DemoSet, server: ImageServer) -> list[dict[str, Any]]:
@@ -98,7 +98,7 @@ def _start_worker(broker: EmbeddedBroker, offline: bool, log: Path) -> subproces
     }
     with log.open("wb") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=handle, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "streams.cli.main", "worker"], env=env, stdout=handle, stderr=subprocess.STDOUT
         )
 
 

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from streams.cli_downstream import register as register_downstream
-from streams.pretrained import with_available_models
+from streams.cli.downstream import register as register_downstream
 from streams.settings import Settings
+from workbench.pretrained import with_available_models
 
 
 class CommandError(Exception):
@@ -138,7 +138,7 @@ def _broker(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from streams.logs import configure_logging
-    from streams.worker import run_worker
+    from streams.worker.service import run_worker
 
     settings = _settings_from(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -148,7 +148,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _produce(args: argparse.Namespace) -> int:
     from schemas import IMAGE_UPLOADED, EncodeError, encode
-    from streams.kafka_io import complete_upload, produce_uploads
+    from streams.kafka import complete_upload, produce_uploads
 
     settings = _settings_from(args)
     name = "stdin" if args.file == "-" else args.file
@@ -176,7 +176,7 @@ def _produce(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from streams.kafka_io import read_topic, to_json
+    from streams.kafka import read_topic, to_json
 
     settings = _settings_from(args)
 
@@ -198,7 +198,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> int:
-    from streams.settings_doc import settings_rows
+    from streams.cli.settings_table import settings_rows
 
     rows = settings_rows()
     if args.markdown:
@@ -212,20 +212,20 @@ def _settings(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from streams.evaluate import SAMPLE_CASES, run_eval
+    from workbench.evaluate import SAMPLE_CASES, run_eval
 
     settings, offline = with_available_models(_settings_from(args))
     return run_eval(settings, offline, args.cases or SAMPLE_CASES, args.json)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from streams.bench import run_bench
+    from workbench.bench import run_bench
 
     return run_bench(_settings_from(args), args.json, args.inference_only, args.e2e_only, args.rate, args.seconds)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from workbench.demo import run_demo
 
     return run_demo(port=args.port, seed=args.seed, exit_after_demo=args.exit_after_demo)
 

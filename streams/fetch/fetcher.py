@@ -1,9 +1,9 @@
 """Download user-supplied image URLs safely and decode them for the inference stages.
 
 Every event carries image URLs its uploader chose, so this module treats each URL as
-hostile: only http(s), only public addresses (``streams.netguard``), redirects followed by
+hostile: only http(s), only public addresses (``streams.fetch.netguard``), redirects followed by
 hand so each hop is checked again, bounded time, bytes and pixels, and TLS always verified.
-Retries are the caller's: errors say whether they are transient (``streams.fetch_errors``).
+Retries are the caller's: errors say whether they are transient (``streams.fetch.errors``).
 
 Typical use::
 
@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from streams.fetch_cache import ImageCache
-from streams.fetch_decode import DecodedImage, decode_image
-from streams.fetch_errors import (
+from streams.fetch.cache import ImageCache
+from streams.fetch.decode import DecodedImage, decode_image
+from streams.fetch.errors import (
     BadScheme,
     BadUrl,
     BlockedAddress,
@@ -43,8 +43,7 @@ from streams.fetch_errors import (
     TooManyRedirects,
     UnexpectedFetchError,
 )
-from streams.fetch_transport import BackendTransport
-from streams.netguard import (
+from streams.fetch.netguard import (
     AddressCheck,
     AddressRefused,
     GuardedBackend,
@@ -53,6 +52,7 @@ from streams.netguard import (
     policy_check,
     system_resolver,
 )
+from streams.fetch.transport import BackendTransport
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs 3.11; 3.10 is supported

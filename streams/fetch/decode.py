@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from inference.types import RGBImage
-from streams.fetch_errors import NotAnImage, TooManyPixels
+from streams.fetch.errors import NotAnImage, TooManyPixels
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),

@@ -37,10 +37,10 @@ from datetime import datetime, timezone
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.kafka_io import bootstrap_servers, topic_partitions
-from streams.processor import Inbound, SuggestionProcessor
+from streams.kafka import bootstrap_servers, topic_partitions
 from streams.settings import Settings
-from streams.worker import ProcessorProvider
+from streams.worker.processor import Inbound, SuggestionProcessor
+from streams.worker.service import ProcessorProvider
 
 
 class ReplayRefused(RuntimeError):

@@ -27,7 +27,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
-from streams.kafka_io import bootstrap_servers
+from streams.kafka import bootstrap_servers
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)

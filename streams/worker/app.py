@@ -8,8 +8,8 @@ from pathlib import Path
 import faust
 from aiohttp.typedefs import Middleware
 
-from streams.faust_transport import use_fetch_wait
 from streams.settings import Settings
+from streams.worker.transport import use_fetch_wait
 
 
 def create_app(settings: Settings, middlewares: Sequence[Middleware] = ()) -> faust.App:
@@ -28,7 +28,7 @@ def create_app(settings: Settings, middlewares: Sequence[Middleware] = ()) -> fa
         broker_commit_interval=1.0,
         topic_partitions=settings.topics.partitions,
         topic_replication_factor=1,
-        # The web server carries the HTTP API, health, readiness and metrics (streams.web).
+        # The web server carries the HTTP API, health, readiness and metrics (streams.worker.web).
         web_enabled=True,
         web_bind=settings.web_host,
         web_host=settings.web_host,

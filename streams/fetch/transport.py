@@ -2,7 +2,7 @@
 
 httpx's own ``AsyncHTTPTransport`` builds its httpcore pool with the default backend and
 has no public way to swap it, yet the backend is where the address guard must sit (see
-``streams.netguard``). This transport is that pool plus the two translations httpx does
+``streams.fetch.netguard``). This transport is that pool plus the two translations httpx does
 internally: httpx requests/responses to httpcore's, and httpcore exceptions to httpx's, so
 the client on top behaves as with the stock transport. It never proxies: env proxies would
 resolve names on the proxy, out of reach of the guard.

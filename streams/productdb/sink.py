@@ -32,8 +32,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 
 from schemas import DEAD_LETTER, TAG_SUGGESTIONS, DecodeError, decode, encode
-from streams.kafka_io import bootstrap_servers
-from streams.productdb import ProductDB, WriteResult
+from streams.kafka import bootstrap_servers
+from streams.productdb.db import ProductDB, WriteResult
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas import DEAD_LETTER, DecodeError, decode
-from streams.kafka_io import bootstrap_servers, topic_partitions
-from streams.replay import PartitionRange, read_ranges
+from streams.kafka import bootstrap_servers, topic_partitions
 from streams.settings import Settings
+from streams.worker.replay import PartitionRange, read_ranges
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from typing import Protocol, cast
 from inference.detector import Detector
 from inference.pipeline import Pipeline
 from inference.types import Detection, MatchRequest, MatchResult, RGBImage
-from streams.fetch import DecodedImage, FetchError, FetchPolicy, ImageFetcher
+from streams.fetch.fetcher import DecodedImage, FetchError, FetchPolicy, ImageFetcher
 from streams.metrics import Metrics
-from streams.processor import PipelineLike
 from streams.settings import Settings
+from streams.worker.processor import PipelineLike
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from inference.evaluation import evaluate
 from inference.pipeline import Pipeline
-from inference.pipeline_locator import pipeline_locator
 from streams.settings import Settings
+from workbench.evaluation import evaluate
+from workbench.pipeline_locator import pipeline_locator
 
 SAMPLE_CASES = Path(__file__).resolve().parents[1] / "data" / "eval-sample" / "cases.json"
 """Real photographs that ship with the repository: a few eval-dev cases (see its SOURCES.md)."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from inference.evaluation import EvalAnswer, EvalQuery, Locator
 from inference.pipeline import Pipeline
 from inference.types import MatchRequest, SourceImage, SourceTag
+from workbench.evaluation import EvalAnswer, EvalQuery, Locator
 
 
 def pipeline_locator(pipeline: Pipeline) -> Locator:

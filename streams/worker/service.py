@@ -11,15 +11,15 @@ from collections.abc import Callable
 
 import faust
 
-from streams.agent import SuggestAgent
-from streams.app import create_app, raw_topic
-from streams.engine import EngineProvider
-from streams.health import BrokerProbe, Health, Progress
-from streams.kafka_io import wait_for_broker
+from streams.kafka import wait_for_broker
 from streams.metrics import Metrics
-from streams.processor import RetryPolicy, SuggestionProcessor, Topics
 from streams.settings import Settings
-from streams.web import HttpApi, install_http_api, observe_requests
+from streams.worker.agent import SuggestAgent
+from streams.worker.app import create_app, raw_topic
+from streams.worker.engine import EngineProvider
+from streams.worker.health import BrokerProbe, Health, Progress
+from streams.worker.processor import RetryPolicy, SuggestionProcessor, Topics
+from streams.worker.web import HttpApi, install_http_api, observe_requests
 
 log = logging.getLogger(__name__)
 

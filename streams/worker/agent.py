@@ -23,10 +23,10 @@ import faust
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from faust.types import EventT, StreamT
 
-from streams.engine import ModelsUnavailable
-from streams.health import Progress
 from streams.metrics import Metrics
-from streams.processor import Inbound, Outbound, SuggestionProcessor
+from streams.worker.engine import ModelsUnavailable
+from streams.worker.health import Progress
+from streams.worker.processor import Inbound, Outbound, SuggestionProcessor
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from streams.fetch_decode import DecodedImage
+from streams.fetch.decode import DecodedImage
 
 
 class ImageCache:

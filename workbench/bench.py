@@ -19,14 +19,14 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference.benchmark import BenchConfig, run_benchmark
 from inference.offline_models import build_clip, build_yolo
-from inference.scenes import make_demo_set
 from streams.broker import EmbeddedBroker, free_port
-from streams.demo import demo_uploads
-from streams.image_server import ImageServer
-from streams.kafka_io import UploadProducer, read_topic
+from streams.kafka import UploadProducer, read_topic
 from streams.settings import Settings
+from workbench.benchmark import BenchConfig, run_benchmark
+from workbench.demo import demo_uploads
+from workbench.image_server import ImageServer
+from workbench.scenes import make_demo_set
 
 
 def run_bench(
@@ -85,7 +85,7 @@ async def _end_to_end(settings: Settings, model_dir: Path, rates: Sequence[float
         }
         with (work / "worker.log").open("wb") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "streams.cli.main", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
         try:
             uploads = demo_uploads(demo, server)

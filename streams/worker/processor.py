@@ -20,8 +20,8 @@ from typing import Any, Protocol
 from inference.types import MatchRequest, MatchResult, SourceImage, SourceTag
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, DecodeError, EncodeError, decode, encode
 from streams.events import EventLimits, InvalidEvent, UploadEvent, check_size, parse_upload, suggestion_record
-from streams.fetch import DecodedImage, ImageFetcher
-from streams.fetch_errors import FetchError, UnexpectedFetchError
+from streams.fetch.errors import FetchError, UnexpectedFetchError
+from streams.fetch.fetcher import DecodedImage, ImageFetcher
 
 Fetched = Mapping[str, DecodedImage | FetchError]
 
