@@ -1,4 +1,6 @@
-"""ImageUploaded events in, TagSuggestions and DeadLetter records out.
+"""ImageUploaded events in (checked against the limits), TagSuggestions records out.
+
+Dead letters, the other way an event leaves, are built in ``streams.deadletters``.
 
 Validation splits problems by what they spoil. A problem that makes the whole event unusable
 (no ids, no target URL, too many sources or tags, a malformed URL) dead-letters the event. A

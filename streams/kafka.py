@@ -1,6 +1,7 @@
-"""Plain aiokafka producers and consumers for the CLI tools (produce, tail) and tests.
+"""Kafka helpers on plain aiokafka: broker URLs, waiting for a broker, producing and reading topics.
 
-Faust is for the long-running agents; one-shot tools are simpler and quicker on aiokafka.
+Faust is for the long-running agents; the one-shot tools (produce, tail, replay, dlq replay),
+the health probe and the tests are simpler and quicker on aiokafka.
 """
 
 from __future__ import annotations
@@ -10,17 +11,16 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError
 
 from schemas import IMAGE_UPLOADED, DecodeError, decode, encode
-
-FETCH_MAX_WAIT_MS = 100  # Tansu answers a waiting fetch only when this expires: keep it short.
 
 
 def bootstrap_servers(broker: str) -> list[str]:
@@ -107,6 +107,7 @@ async def produce_raw(broker: str, topic: str, messages: Iterable[tuple[bytes | 
 async def read_topic(
     broker: str,
     topic: str,
+    fetch_wait_ms: int,
     from_beginning: bool = True,
     idle_timeout_s: float | None = None,
     topic_wait_s: float = 10.0,
@@ -115,11 +116,12 @@ async def read_topic(
 
     Stops after ``idle_timeout_s`` without a new message, or runs forever when None. A topic
     that does not exist yet is waited for ``topic_wait_s`` (it appears with its first record).
+    ``fetch_wait_ms`` is the settings' ``fetch_wait_ms`` (how long the broker may hold a fetch).
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(broker),
         enable_auto_commit=False,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        fetch_max_wait_ms=fetch_wait_ms,
     )
     await consumer.start()
     try:
@@ -182,3 +184,40 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass
+class PartitionRange:
+    start: int
+    listed_end: int
+    end: int | None = None
+    """Known after the partition's first fetch."""
+
+
+async def read_ranges(
+    consumer: AIOKafkaConsumer, ranges: dict[TopicPartition, PartitionRange], max_records: int
+) -> AsyncGenerator[list[ConsumerRecord[bytes, bytes]], None]:
+    """Batches of the records in each assigned partition's [start, end), then stop.
+
+    The end is the larger of the listed end offset and the high watermark of the partition's
+    first fetch (a broker may under-report the former), fixed from then on: records published
+    later, such as the outcomes of a replay of this very topic, are never read, so a reader of
+    history cannot feed itself.
+    """
+    for tp, partition in ranges.items():
+        consumer.seek(tp, partition.start)
+    pending = set(ranges)
+    while pending:
+        fetched = await consumer.getmany(*pending, timeout_ms=500, max_records=max_records)
+        batch: list[ConsumerRecord[bytes, bytes]] = []
+        for tp in list(pending):
+            partition, highwater = ranges[tp], consumer.highwater(tp)
+            if partition.end is None and highwater is not None:
+                partition.end = max(partition.listed_end, highwater)
+            end = partition.end
+            batch += [m for m in fetched.get(tp, []) if end is None or m.offset < end]
+            if end is not None and await consumer.position(tp) >= end:
+                pending.discard(tp)
+                consumer.pause(tp)
+        if batch:
+            yield batch

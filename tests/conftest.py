@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from streams.broker import EmbeddedBroker, free_port
+from streams.settings import Settings
 from workbench.image_server import ImageServer
 from workbench.scenes import DemoSet, make_demo_set
 
@@ -121,10 +122,10 @@ class WorkerProcess:
 
 
 def start_cli(command: str, environment: dict[str, str], log: Path) -> WorkerProcess:
-    """``python -m streams.cli.main COMMAND`` from the repo root, its output in ``log``."""
+    """``python -m streams.cli COMMAND`` from the repo root, its output in ``log``."""
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli.main", command],
+            [sys.executable, "-m", "streams.cli", command],
             cwd=REPO,
             env=environment,
             stdout=handle,
@@ -193,7 +194,7 @@ def collect(broker: EmbeddedBroker, topic: str, count: int, timeout_s: float) ->
         records: list[dict[str, object]] = []
 
         async def consume() -> None:
-            async for _, record in read_topic(broker.url, topic, from_beginning=True, topic_wait_s=timeout_s):
+            async for _, record in read_topic(broker.url, topic, Settings().fetch_wait_ms, from_beginning=True, topic_wait_s=timeout_s):
                 records.append(record)
                 if len(records) >= count:
                     return

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.cli.settings_table import settings_rows
+from streams.cli.config import settings_rows
 
 REPO = Path(__file__).resolve().parents[1]
 LONG_RUNNING = {"kafka", "postgres", "worker", "sink"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -21,12 +22,35 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inference.offline_models import build_clip, build_yolo
 from streams.broker import EmbeddedBroker, free_port
+from streams.cli.options import Commands, settings_from
 from streams.kafka import UploadProducer, read_topic
 from streams.settings import Settings
 from workbench.benchmark import BenchConfig, run_benchmark
 from workbench.demo import demo_uploads
 from workbench.image_server import ImageServer
 from workbench.scenes import make_demo_set
+
+
+def register(commands: Commands) -> None:
+    bench = commands.add_parser(
+        "bench", help="measure: pipeline vs reference strategy, then end to end through a broker"
+    )
+    bench.add_argument("--json", type=Path, help="also write the report here")
+    bench.add_argument("--inference-only", action="store_true", help="skip the end-to-end part")
+    bench.add_argument("--e2e-only", action="store_true", help="skip the inference part")
+    bench.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[1.0, 2.0],
+        help="end-to-end offered rates, uploads/s, measured in turn on one worker (default 1 2)",
+    )
+    bench.add_argument("--seconds", type=float, default=30.0, help="end-to-end duration per rate (default 30)")
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    return run_bench(settings_from(args), args.json, args.inference_only, args.e2e_only, args.rate, args.seconds)
 
 
 def run_bench(
@@ -85,12 +109,12 @@ async def _end_to_end(settings: Settings, model_dir: Path, rates: Sequence[float
         }
         with (work / "worker.log").open("wb") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli.main", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
         try:
             uploads = demo_uploads(demo, server)
             received: dict[str, _Arrival] = {}
-            consumer = asyncio.create_task(_receive(broker.url, settings.topics.suggestions, received))
+            consumer = asyncio.create_task(_receive(broker.url, settings.topics.suggestions, settings.fetch_wait_ms, received))
             async with UploadProducer(broker.url, settings.topics.uploads) as producer:
                 print(f"e2e: warming up the worker (logs in {work})", flush=True)
                 await producer.send({**uploads[0], "upload_id": "warm-up"})
@@ -192,8 +216,8 @@ def stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[f
     return means
 
 
-async def _receive(broker: str, topic: str, received: dict[str, _Arrival]) -> None:
-    async for _, record in read_topic(broker, topic, from_beginning=True, topic_wait_s=600):
+async def _receive(broker: str, topic: str, fetch_wait_ms: int, received: dict[str, _Arrival]) -> None:
+    async for _, record in read_topic(broker, topic, fetch_wait_ms, from_beginning=True, topic_wait_s=600):
         if str(record["upload_id"]) not in received:
             received[str(record["upload_id"])] = _Arrival(
                 time.time(), record["processed_at"].timestamp(), float(record["latency_ms"])

@@ -7,6 +7,7 @@ the user can send their own events. It needs nothing from outside this repositor
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 from inference.types import BBox
 from streams.broker import EmbeddedBroker, free_port
+from streams.cli.options import Commands
 from streams.kafka import produce_uploads, read_topic
 from streams.settings import Settings
 from workbench.image_server import ImageServer
@@ -45,6 +47,18 @@ def demo_uploads(demo: DemoSet, server: ImageServer) -> list[dict[str, Any]]:
     ]
 
 
+def register(commands: Commands) -> None:
+    demo = commands.add_parser("demo", help="the 'make run' demo: broker, worker, generated uploads, live suggestions")
+    demo.add_argument("--port", type=int, default=9092, help="embedded broker port (0 picks a free one)")
+    demo.add_argument("--seed", type=int, default=7, help="seed of the generated demo images")
+    demo.add_argument("--exit-after-demo", action="store_true", help="stop once the demo uploads are answered")
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return run_demo(port=args.port, seed=args.seed, exit_after_demo=args.exit_after_demo)
+
+
 def run_demo(port: int, seed: int, exit_after_demo: bool) -> int:
     settings, offline = with_available_models(Settings())
     if offline:
@@ -66,7 +80,7 @@ def run_demo(port: int, seed: int, exit_after_demo: bool) -> int:
             _write_example(work / "my-uploads.jsonl", uploads[0])
             asyncio.run(produce_uploads(broker.url, settings.topics.uploads, uploads))
             print(f"published {len(uploads)} demo uploads; waiting for suggestions (models load first) ...", flush=True)
-            asyncio.run(_print_suggestions(broker.url, settings.topics.suggestions, demo, len(uploads)))
+            asyncio.run(_print_suggestions(broker.url, settings.topics.suggestions, settings.fetch_wait_ms, demo, len(uploads)))
             _print_next_steps(broker, work)
             if not exit_after_demo:
                 while worker.poll() is None:
@@ -98,14 +112,14 @@ def _start_worker(broker: EmbeddedBroker, offline: bool, log: Path) -> subproces
     }
     with log.open("wb") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams.cli.main", "worker"], env=env, stdout=handle, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=handle, stderr=subprocess.STDOUT
         )
 
 
-async def _print_suggestions(broker: str, topic: str, demo: DemoSet, expected: int) -> None:
+async def _print_suggestions(broker: str, topic: str, fetch_wait_ms: int, demo: DemoSet, expected: int) -> None:
     truth = demo.ground_truth
     seen = 0
-    async for _, record in read_topic(broker, topic, from_beginning=True, topic_wait_s=600):
+    async for _, record in read_topic(broker, topic, fetch_wait_ms, from_beginning=True, topic_wait_s=600):
         seen += 1
         print(f"\nupload {record['upload_id']}  ({record['latency_ms']:.0f} ms, model {record['model']['version']})")
         for s in record["suggestions"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -10,12 +11,29 @@ from typing import Any
 from tqdm import tqdm
 
 from inference.pipeline import Pipeline
+from streams.cli.options import Commands, offline_option, settings_from
 from streams.settings import Settings
 from workbench.evaluation import evaluate
 from workbench.pipeline_locator import pipeline_locator
+from workbench.pretrained import with_available_models
 
 SAMPLE_CASES = Path(__file__).resolve().parents[1] / "data" / "eval-sample" / "cases.json"
 """Real photographs that ship with the repository: a few eval-dev cases (see its SOURCES.md)."""
+
+
+def register(commands: Commands) -> None:
+    evaluate = commands.add_parser("eval", help="score the pipeline offline on an evaluation set (cases.json format)")
+    evaluate.add_argument(
+        "--cases", type=Path, help="path to cases.json (default: the real photographs shipped in data/eval-sample)"
+    )
+    evaluate.add_argument("--json", type=Path, help="also write the full report (per case) as JSON here")
+    offline_option(evaluate, "use random-init models even if pretrained ones exist")
+    evaluate.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    settings, offline = with_available_models(settings_from(args))
+    return run_eval(settings, offline, args.cases or SAMPLE_CASES, args.json)
 
 
 def run_eval(settings: Settings, offline: bool, cases: Path, json_out: Path | None) -> int:

@@ -22,16 +22,15 @@ import contextlib
 import logging
 import signal
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from schemas import DEAD_LETTER, TAG_SUGGESTIONS, DecodeError, decode, encode
+from streams.deadletters import Original, dead_letter_record
 from streams.kafka import bootstrap_servers
 from streams.productdb.db import ProductDB, WriteResult
 from streams.settings import Settings
@@ -176,20 +175,14 @@ class SuggestionSink:
         )
         if self._producer is None:
             return
-        letter = {
-            "event_id": str(uuid.uuid4()),
-            "original_topic": message.topic,
-            "original_partition": message.partition,
-            "original_offset": message.offset,
-            "key": message.key,
-            "value": message.value or b"",
-            "error_kind": reject.kind,
-            "error_message": reject.reason,
-            "attempts": 1,
-            "failed_at": datetime.now(timezone.utc),
-            "upload_id": record.get("upload_id"),
-            "upload_event_id": record.get("upload_event_id"),
-        }
+        letter = dead_letter_record(
+            Original(message.topic, message.partition, message.offset, message.key, message.value or b""),
+            reject.kind,
+            reject.reason,
+            upload_id=record.get("upload_id"),
+            upload_event_id=record.get("upload_event_id"),
+            max_value_bytes=self._settings.max_event_bytes,
+        )
         producer, topic = self._producer, self._settings.sink.dead_letters
         await self._retrying(
             f"publish a dead letter to {topic}",

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Protocol
 
 from inference.types import MatchRequest, MatchResult, SourceImage, SourceTag
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, DecodeError, EncodeError, decode, encode
+from streams.deadletters import Original, dead_letter_record
 from streams.events import EventLimits, InvalidEvent, UploadEvent, check_size, parse_upload, suggestion_record
 from streams.fetch.errors import FetchError, UnexpectedFetchError
 from streams.fetch.fetcher import DecodedImage, ImageFetcher
@@ -27,12 +27,6 @@ Fetched = Mapping[str, DecodedImage | FetchError]
 
 log = logging.getLogger(__name__)
 
-# A dead letter quotes its error; a message longer than this (an exception quoting a huge input)
-# is cut, so that the letter itself stays small enough to publish.
-MAX_ERROR_CHARS = 4096
-# The original key travels with the dead letter (it decides the partition); a key longer than
-# this is cut, and the letter says so.
-MAX_KEY_BYTES = 1024
 
 
 class PipelineLike(Protocol):
@@ -45,12 +39,9 @@ class PipelineLike(Protocol):
 
 
 @dataclass(frozen=True)
-class Inbound:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
+class Inbound(Original):
+    """A message taken from the uploads topic, and when the worker took it."""
+
     received_at: datetime
 
 
@@ -275,31 +266,16 @@ class SuggestionProcessor:
 
     def dead_letter(self, message: Inbound, failure: _Failed, keep_value: bool = True) -> Outbound:
         """The dead letter of ``message``: its original bytes (cut to ``max_event_bytes``) and why."""
-        limit = self.limits.max_event_bytes if keep_value else 0
-        value = message.value[:limit]
-        key = message.key[:MAX_KEY_BYTES] if message.key is not None else None
-        notes = []
-        if len(value) < len(message.value):
-            notes.append(f"value cut from {len(message.value)} to {len(value)} bytes")
-        if key is not None and message.key is not None and len(key) < len(message.key):
-            notes.append(f"key cut from {len(message.key)} to {len(key)} bytes")
-        error = _clip(str(failure), MAX_ERROR_CHARS) + (f" [{'; '.join(notes)}]" if notes else "")
-        record: dict[str, Any] = {
-            "event_id": str(uuid.uuid4()),
-            "original_topic": message.topic,
-            "original_partition": message.partition,
-            "original_offset": message.offset,
-            "key": key,
-            "value": value,
-            "error_kind": failure.kind,
-            "error_message": error,
-            "attempts": failure.attempts,
-            "failed_at": datetime.now(timezone.utc),
-            "upload_id": _clip_id(failure.upload_id, self.limits),
-            "upload_event_id": _clip_id(failure.upload_event_id, self.limits),
-            "value_truncated": len(value) < len(message.value),
-            "value_size": len(message.value),
-        }
+        record = dead_letter_record(
+            message,
+            failure.kind,
+            str(failure),
+            attempts=failure.attempts,
+            upload_id=failure.upload_id,
+            upload_event_id=failure.upload_event_id,
+            max_value_bytes=self.limits.max_event_bytes if keep_value else 0,
+            max_id_chars=self.limits.max_id_chars,
+        )
         log.warning(
             "dead letter %s for %s[%d]@%d (upload %s): %s",
             failure.kind,
@@ -307,10 +283,11 @@ class SuggestionProcessor:
             message.partition,
             message.offset,
             record["upload_id"],
-            error,
+            record["error_message"],
             extra={"upload_id": record["upload_id"], "event_id": record["upload_event_id"], "error_kind": failure.kind},
         )
-        return Outbound(self.topics.dead_letters, key, encode(DEAD_LETTER, record), failure.kind, bare=not keep_value)
+        value = encode(DEAD_LETTER, record)
+        return Outbound(self.topics.dead_letters, record["key"], value, failure.kind, bare=not keep_value)
 
 
 def _match_request(event: UploadEvent, images: Fetched, fetch_attempts: int) -> tuple[MatchRequest, dict[int, str]]:
@@ -389,14 +366,3 @@ def _unexpected(exc: Exception) -> str:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _clip(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters (saying so), and always encodable as UTF-8."""
-    clipped = text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-    return clipped.encode("utf-8", "replace").decode("utf-8")
-
-
-def _clip_id(value: str | None, limits: EventLimits) -> str | None:
-    """An id echoed into a dead letter: an over-long one (the reason for the letter, maybe) is cut."""
-    return None if value is None else _clip(value, limits.max_id_chars)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.kafka import bootstrap_servers, topic_partitions
+from streams.kafka import PartitionRange, bootstrap_servers, read_ranges, topic_partitions
 from streams.settings import Settings
 from streams.worker.processor import Inbound, SuggestionProcessor
 from streams.worker.service import ProcessorProvider
@@ -103,42 +103,6 @@ async def check_group_idle(settings: Settings, group: str) -> None:
     members = [member for response in responses for entry in response.groups for member in entry[5]]
     if members:
         raise ReplayRefused(f"group {group!r} has {len(members)} active member(s); stop them or pick another --group")
-
-
-@dataclass
-class PartitionRange:
-    start: int
-    listed_end: int
-    end: int | None = None
-    """Known after the partition's first fetch."""
-
-
-async def read_ranges(
-    consumer: AIOKafkaConsumer, ranges: dict[TopicPartition, PartitionRange], max_records: int
-) -> AsyncGenerator[list[ConsumerRecord[bytes, bytes]], None]:
-    """Batches of the records in each assigned partition's [start, end), then stop.
-
-    The end is fixed at the partition's first fetch (see the module's docstring). Records
-    published later, such as the outcomes of this very replay, are never read, so a replay
-    cannot feed itself.
-    """
-    for tp, partition in ranges.items():
-        consumer.seek(tp, partition.start)
-    pending = set(ranges)
-    while pending:
-        fetched = await consumer.getmany(*pending, timeout_ms=500, max_records=max_records)
-        batch: list[ConsumerRecord[bytes, bytes]] = []
-        for tp in list(pending):
-            partition, highwater = ranges[tp], consumer.highwater(tp)
-            if partition.end is None and highwater is not None:
-                partition.end = max(partition.listed_end, highwater)
-            end = partition.end
-            batch += [m for m in fetched.get(tp, []) if end is None or m.offset < end]
-            if end is not None and await consumer.position(tp) >= end:
-                pending.discard(tp)
-                consumer.pause(tp)
-        if batch:
-            yield batch
 
 
 async def replay(

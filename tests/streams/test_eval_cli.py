@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from photos import EVAL_SAMPLE
 
-from streams.cli.main import main
+from workbench.cli import main
 
 CASES = ("oxford/graf/1to2", "oxford/boat/1to4", "cmp_homogr/adam")
 

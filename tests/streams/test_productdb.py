@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 from datetime import datetime, timedelta, timezone
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streams.cli.downstream import register
+from streams.cli.main import main
 from streams.events import suggestion_event_id
 from streams.productdb.db import ProductDB, StoredSuggestion
 from streams.productdb.migrations import MIGRATIONS
@@ -153,12 +152,9 @@ def test_suggestions_command_prints_latest_or_all_models(
             [suggestion_event("upload-event-1", "v2", T0 + timedelta(hours=1))],
         )
     )
-    parser = argparse.ArgumentParser(prog="tagstream")
-    register(parser.add_subparsers())
 
     def command(*argv: str) -> tuple[int, str]:
-        args = parser.parse_args(["suggestions", *argv])
-        status = args.handler(args)
+        status = main(["suggestions", *argv])
         return status, capsys.readouterr().out
 
     monkeypatch.setenv("TAGSTREAM_SINK__DB", db_url)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import uuid
 from collections import Counter
@@ -17,7 +16,7 @@ from conftest import collect, upload_records
 
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, encode
 from streams.broker import EmbeddedBroker
-from streams.cli.downstream import register
+from streams.cli.main import main
 from streams.events import suggestion_event_id
 from streams.kafka import complete_upload, produce_raw, produce_uploads, read_topic
 from streams.productdb.db import ProductDB
@@ -53,11 +52,7 @@ def topics(monkeypatch: pytest.MonkeyPatch, broker: EmbeddedBroker, cache_dir: P
 
 
 def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="tagstream")
-    register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    status: int = args.handler(args)
-    return status
+    return main(list(argv))
 
 
 def with_model(version: str) -> Settings:
@@ -237,7 +232,7 @@ def test_dlq_replay_republishes_the_original_bytes(
     summary = capsys.readouterr().out
 
     async def read_target() -> list[tuple[bytes | None, bytes]]:
-        return [(m.key, m.value) async for m, _ in read_topic(broker.url, target, idle_timeout_s=2.0)]
+        return [(m.key, m.value) async for m, _ in read_topic(broker.url, target, Settings().fetch_wait_ms, idle_timeout_s=2.0)]
 
     republished = asyncio.run(read_target())
 

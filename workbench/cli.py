@@ -1,0 +1,13 @@
+"""The ``tagstream`` program: the runtime commands plus the workbench's ``eval``, ``bench`` and ``demo``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from streams.cli.main import RUNTIME_COMMANDS
+from streams.cli.main import main as run_command
+from workbench import bench, demo, evaluate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(argv, (*RUNTIME_COMMANDS, evaluate.register, bench.register, demo.register))
