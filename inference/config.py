@@ -1,13 +1,25 @@
 """Pipeline configuration as plain values, so the library never reads the environment itself.
 
 The stream processor's settings object builds one of these; tests and tools build their own.
+Fields declared with :func:`setting` are the ones an operator may set: the settings object
+exposes exactly those (same name, type and default, with this description), so nothing here is
+restated there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from inference.geometry import GeometryConfig
+
+SETTING = "setting"
+"""Field metadata key: the description of a field that operators may set."""
+
+
+def setting(default: Any, description: str) -> Any:
+    """A dataclass field with ``default`` that the deployment's settings expose, described for operators."""
+    return field(default=default, metadata={SETTING: description})
 
 
 @dataclass(frozen=True)
@@ -19,12 +31,16 @@ class ModelConfig:
     with ``save_pretrained``.
     """
 
-    detector: str = "yolo26n.pt"
-    embedder: str = "openai/clip-vit-base-patch32"
-    device: str = "cpu"
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 only on CUDA)
-    torch_threads: int | None = None
-    version: str = ""
+    detector: str = setting("yolo26n.pt", "YOLO checkpoint path or Ultralytics model name.")
+    embedder: str = setting(
+        "openai/clip-vit-base-patch32", "CLIP model id or local directory (save_pretrained layout)."
+    )
+    device: str = setting("cpu", "torch device: cpu, cuda, cuda:N or auto.")
+    precision: str = setting("fp32", "fp32, bf16 (CPU or GPU) or fp16 (GPU only).")
+    torch_threads: int | None = setting(None, "torch intra-op threads; default: all cores available to the process.")
+    version: str = setting(
+        "", "Model version stamped on suggestions (lineage); default: derived from the model names."
+    )
 
     @property
     def model_version(self) -> str:
@@ -51,24 +67,34 @@ class SearchConfig:
     source photo in one coherent place, while a look-alike's chance matches disagree.
     """
 
-    similarity_threshold: float = 0.75
-    detection_confidence: float = 0.10
+    similarity_threshold: float = setting(
+        0.75, "Default CLIP cosine needed for a CLIP-only match (events may override)."
+    )
+    detection_confidence: float = setting(0.10, "YOLO confidence for candidate regions (low: more candidates).")
     detection_padding: float = 0.10
     window_scales: tuple[float, ...] = (0.75, 1.0, 1.33)
     window_overlap: float = 0.5
-    max_windows: int = 48
+    max_windows: int = setting(48, "Sliding windows embedded per target image for tags without local evidence.")
     # Coarse grid embedded when every pending tag is textured: only the standout test needs it.
     background_windows: int = 8
     refine_top_k: int = 1
     refine_scales: tuple[float, ...] = (0.85, 1.0, 1.15)
     refine_shift: float = 0.15
-    min_standout: float = 3.0
+    min_standout: float = setting(
+        3.0, "Robust z-score the best CLIP window needs above the image's other windows."
+    )
     # Twice the most chance matches of an absent look-alike that ever agreed on one local model
     # in the generated scenes (7), about half what present products reach (>= 37; bent ones >= 28).
-    min_local_support: int = 16
+    min_local_support: int = setting(
+        16,
+        "Descriptor matches a textured product found by CLIP alone needs that agree on one place, scale and "
+        "rotation up to deformation (geometric veto); fewer, and CLIP is not even run for it.",
+    )
     # ... and the CLIP box must hold at least this share of all its matches in the image: chance
     # matches scatter, a present product's matches concentrate in its footprint.
-    min_local_share: float = 0.5
+    min_local_share: float = setting(
+        0.5, "Share of a textured product's descriptor matches that must fall inside a CLIP-only box."
+    )
     # A source box with at least this many keypoints (over all simulated views) is "textured":
     # local features can speak for it, so CLIP alone is not trusted without local support.
     textured_min_keypoints: int = 40

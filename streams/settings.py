@@ -6,14 +6,21 @@ settings table is generated from these fields' descriptions (``tagstream setting
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast, get_type_hints
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference.config import ModelConfig, PipelineConfig, SearchConfig
+from inference.config import SETTING, ModelConfig, PipelineConfig, SearchConfig
 from streams.events import EventLimits
 from streams.logs import LogFormat
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class TopicSettings(BaseModel):
@@ -67,46 +74,46 @@ class FetchSettings(BaseModel):
     )
 
 
-class ModelSettings(BaseModel):
-    detector: str = Field("yolo26n.pt", description="YOLO checkpoint path or Ultralytics model name.")
-    embedder: str = Field(
-        "openai/clip-vit-base-patch32", description="CLIP model id or local directory (save_pretrained layout)."
-    )
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or auto.")
-    precision: str = Field("fp32", description="fp32, bf16 (CPU or GPU) or fp16 (GPU only).")
-    torch_threads: int | None = Field(
-        None, description="torch intra-op threads; default: all cores available to the process."
-    )
-    version: str = Field(
-        "", description="Model version stamped on suggestions (lineage); default: derived from the model names."
-    )
-    offline: bool = Field(
-        False,
-        description="Use random-init models of the real architectures (built into cache_dir) instead of pretrained weights.",
-    )
+def library_section(config: type[Any], **extra: Any) -> type[BaseModel]:
+    """A settings section holding the fields of the library's ``config`` marked as settings.
+
+    Same names, types and defaults, described by the library (``inference.config.setting``),
+    plus ``extra`` fields (pydantic ``(type, Field)`` pairs) that only the deployment knows.
+    """
+    hints = get_type_hints(config)
+    exposed: dict[str, Any] = {
+        f.name: (hints[f.name], Field(f.default, description=f.metadata[SETTING]))
+        for f in dataclasses.fields(config)
+        if SETTING in f.metadata
+    }
+    return create_model(f"{config.__name__}Settings", **exposed, **extra)
 
 
-class SearchSettings(BaseModel):
-    similarity_threshold: float = Field(
-        0.75, description="Default CLIP cosine needed for a CLIP-only match (events may override)."
+def library_config(config: type[T], section: BaseModel) -> T:
+    """``config`` built from a :func:`library_section`: its settings fields, its own defaults elsewhere."""
+    values = section.model_dump()
+    return config(**{f.name: values[f.name] for f in dataclasses.fields(config) if f.name in values})
+
+
+if TYPE_CHECKING:  # the checker sees the library's fields, which is what the sections hold
+
+    class ModelSettings(ModelConfig):
+        offline: bool
+
+    SearchSettings = SearchConfig
+else:
+    ModelSettings = library_section(
+        ModelConfig,
+        offline=(
+            bool,
+            Field(
+                False,
+                description="Use random-init models of the real architectures (built into cache_dir) instead of "
+                "pretrained weights.",
+            ),
+        ),
     )
-    detection_confidence: float = Field(
-        0.10, description="YOLO confidence for candidate regions (low: more candidates)."
-    )
-    max_windows: int = Field(
-        48, description="Sliding windows embedded per target image for tags without local evidence."
-    )
-    min_standout: float = Field(
-        3.0, description="Robust z-score the best CLIP window needs above the image's other windows."
-    )
-    min_local_share: float = Field(
-        0.5, description="Share of a textured product's descriptor matches that must fall inside a CLIP-only box."
-    )
-    min_local_support: int = Field(
-        16,
-        description="Descriptor matches a textured product found by CLIP alone needs that agree on one place, scale "
-        "and rotation up to deformation (geometric veto); fewer, and CLIP is not even run for it.",
-    )
+    SearchSettings = library_section(SearchConfig)
 
 
 class SinkSettings(BaseModel):
@@ -223,29 +230,13 @@ class Settings(BaseSettings):
         )
 
     def pipeline_config(self) -> PipelineConfig:
-        """The inference library's view of these settings (it never reads the environment)."""
-        models = self.models
-        detector, embedder = models.detector, models.embedder
-        if models.offline:
-            from inference.offline_models import build_offline_models
+        """The inference library's view of these settings (it never reads the environment).
 
-            built = build_offline_models(self.cache_dir / "models")
-            detector, embedder = str(built.detector), str(built.embedder)
+        With ``models.offline`` the model names are still the configured ones: building the
+        random-init stand-ins is the loader's business (``streams.worker.engine``), not I/O
+        for a settings object.
+        """
         return PipelineConfig(
-            models=ModelConfig(
-                detector=detector,
-                embedder=embedder,
-                device=models.device,
-                precision=models.precision,
-                torch_threads=models.torch_threads,
-                version=models.version,
-            ),
-            search=SearchConfig(
-                similarity_threshold=self.search.similarity_threshold,
-                detection_confidence=self.search.detection_confidence,
-                max_windows=self.search.max_windows,
-                min_standout=self.search.min_standout,
-                min_local_support=self.search.min_local_support,
-                min_local_share=self.search.min_local_share,
-            ),
+            models=library_config(ModelConfig, cast(BaseModel, self.models)),
+            search=library_config(SearchConfig, cast(BaseModel, self.search)),
         )

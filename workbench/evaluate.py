@@ -13,6 +13,7 @@ from tqdm import tqdm
 from inference.pipeline import Pipeline
 from streams.cli.options import Commands, offline_option, settings_from
 from streams.settings import Settings
+from streams.worker.engine import pipeline_config
 from workbench.evaluation import evaluate
 from workbench.pipeline_locator import pipeline_locator
 from workbench.pretrained import with_available_models
@@ -43,7 +44,7 @@ def run_eval(settings: Settings, offline: bool, cases: Path, json_out: Path | No
     if offline:
         print("models: random-init (offline); scores reflect the geometric verifier and the fusion rules")
     print("loading models ...", flush=True)
-    pipeline = Pipeline.load(settings.pipeline_config())
+    pipeline = Pipeline.load(pipeline_config(settings))
     with tqdm(total=0, unit="box", desc="eval") as bar:
 
         def progress(done: int, total: int) -> None:

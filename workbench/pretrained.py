@@ -29,4 +29,6 @@ def with_available_models(settings: Settings) -> tuple[Settings, bool]:
     """The settings to run with, switched to offline models when pretrained ones are missing."""
     if settings.models.offline or pretrained_available(settings):
         return settings, settings.models.offline
-    return settings.model_copy(update={"models": settings.models.model_copy(update={"offline": True})}), True
+    offline = settings.model_copy(deep=True)
+    offline.models.offline = True
+    return offline, True

@@ -14,10 +14,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, cast
 
+from inference.config import PipelineConfig
 from inference.detector import Detector
+from inference.offline_models import build_offline_models
 from inference.pipeline import Pipeline
 from inference.types import Detection, MatchRequest, MatchResult, RGBImage
 from streams.fetch.fetcher import DecodedImage, FetchError, FetchPolicy, ImageFetcher
@@ -41,7 +43,21 @@ def load_pipeline(settings: Settings) -> ServingPipeline:
         module_name, _, attribute = settings.pipeline_factory.partition(":")
         factory = cast(Callable[[Settings], ServingPipeline], getattr(importlib.import_module(module_name), attribute))
         return factory(settings)
-    return Pipeline.load(settings.pipeline_config())
+    return Pipeline.load(pipeline_config(settings))
+
+
+def pipeline_config(settings: Settings) -> PipelineConfig:
+    """The library config the settings describe; offline, with random-init models built into the cache dir.
+
+    Building them once writes checkpoints to disk, which is why it happens here, where the
+    models are loaded, and not in the settings object.
+    """
+    config = settings.pipeline_config()
+    if not settings.models.offline:
+        return config
+    built = build_offline_models(settings.cache_dir / "models")
+    models = replace(config.models, detector=str(built.detector), embedder=str(built.embedder))
+    return replace(config, models=models)
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:

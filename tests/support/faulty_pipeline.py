@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from inference.pipeline import Pipeline
 from inference.types import MatchRequest, MatchResult
 from streams.settings import Settings
+from streams.worker.engine import pipeline_config
 
 
 class FaultyPipeline:
@@ -27,4 +28,4 @@ class FaultyPipeline:
 
 
 def build(settings: Settings) -> FaultyPipeline:
-    return FaultyPipeline(Pipeline.load(settings.pipeline_config()))
+    return FaultyPipeline(Pipeline.load(pipeline_config(settings)))

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from inference.pipeline import Pipeline
 from streams.settings import Settings
+from streams.worker.engine import pipeline_config
 
 
 def build(settings: Settings) -> Pipeline:
     gate = Path(os.environ["GATED_PIPELINE_OPEN"])
     while not gate.exists():
         time.sleep(0.1)
-    return Pipeline.load(settings.pipeline_config())
+    return Pipeline.load(pipeline_config(settings))
