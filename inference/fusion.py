@@ -25,11 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from inference.config import SearchConfig
-from inference.types import BBox, Detection, TagMatch
-
-METHOD_GEOMETRIC = "geometric"
-METHOD_CLIP = "clip"
-METHOD_NONE = "none"
+from inference.types import BBox, Detection, Method, TagMatch
 
 
 @dataclass(frozen=True)
@@ -65,7 +61,7 @@ def decide(
             confidence=round(geometric.confidence, 4),
             bbox=geometric.bbox,
             detected_class=detected_class(geometric.bbox, detections),
-            method=METHOD_GEOMETRIC,
+            method=Method.GEOMETRIC,
         )
     if clip is not None and _clip_accepts(clip, threshold, source_textured, search):
         return TagMatch(
@@ -74,7 +70,7 @@ def decide(
             confidence=round(clip.similarity, 4),
             bbox=clip.bbox,
             detected_class=detected_class(clip.bbox, detections),
-            method=METHOD_CLIP,
+            method=Method.CLIP,
         )
     return TagMatch(
         product_id=product_id,
@@ -82,7 +78,7 @@ def decide(
         confidence=round(clip.similarity, 4) if clip is not None else 0.0,
         bbox=None,
         detected_class=None,
-        method=METHOD_NONE,
+        method=Method.NONE,
     )
 
 

@@ -27,9 +27,8 @@ from inference.embedder import ClipEmbedder, Embedder
 from inference.fusion import ClipEvidence, GeometricEvidence, decide, standout
 from inference.geometry import Correspondences, GeometricVerifier, LocalMatch, SourceFeatures, TargetFeatures
 from inference.runtime import keep_thread_count
+from inference.tags import tag_error
 from inference.types import BBox, Detection, MatchRequest, MatchResult, SourceImage, SourceTag, TagMatch
-
-MIN_BOX_SIDE = 2.0
 
 
 @dataclass
@@ -271,9 +270,7 @@ class Pipeline:
         for job in jobs:
             request = requests[job.request_index]
             if job.error is not None:
-                results[job.request_index].append(
-                    TagMatch(job.tag.product_id, False, 0.0, None, None, "invalid", error=job.error)
-                )
+                results[job.request_index].append(TagMatch.invalid(job.tag.product_id, job.error))
                 continue
             threshold = request.similarity_threshold if request.similarity_threshold is not None else default_threshold
             match = decide(
@@ -292,17 +289,13 @@ class Pipeline:
 
 
 def _tag_jobs(index: int, request: MatchRequest) -> Iterator[_TagJob]:
-    """One job per tag, its box in working pixels; a box that leaves nothing of the image is a per-tag error."""
+    """One job per tag, its box in working pixels; a tag that cannot be answered carries its error."""
     for source in request.sources:
         height, width = source.image.shape[:2]
+        photo_size = (round(width / source.scale), round(height / source.scale))
         for tag in source.tags:
-            box = tag.bbox.scaled(source.scale).clip(width, height)
-            error = None
-            if box.width < MIN_BOX_SIDE or box.height < MIN_BOX_SIDE:
-                error = (
-                    f"bbox {_box_key(tag.bbox)} leaves less than {MIN_BOX_SIDE:g} px inside the source image "
-                    f"({width}x{height} px at working resolution)"
-                )
+            error = tag.error or tag_error(tag.product_id, tag.bbox, photo_size, source.scale)
+            box = tag.bbox.scaled(source.scale).clip(width, height) if error is None else tag.bbox
             yield _TagJob(index, source, tag, box, error)
 
 

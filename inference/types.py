@@ -7,6 +7,7 @@ and every stage (detector, crops, local features) reads the same array without r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import numpy.typing as npt
@@ -78,8 +79,11 @@ class Detection:
 
 @dataclass(frozen=True)
 class SourceTag:
+    """A tagged product; ``error`` says why it cannot be answered (``inference.tags``), if it cannot."""
+
     product_id: str
     bbox: BBox
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,17 @@ class MatchRequest:
     target_scale: float = 1.0
 
 
+class Method(str, Enum):
+    """The signal that decided a tag (the ``method`` of a suggestion; a stable, documented vocabulary)."""
+
+    GEOMETRIC = "geometric"
+    CLIP = "clip"
+    NONE = "none"
+    """Not found."""
+    INVALID = "invalid"
+    """The tag's own input was bad; ``error`` says why."""
+
+
 @dataclass(frozen=True)
 class TagMatch:
     """The verdict for one source tag; ``method`` names the signal that decided it."""
@@ -120,8 +135,12 @@ class TagMatch:
     confidence: float
     bbox: BBox | None
     detected_class: str | None
-    method: str
+    method: Method
     error: str | None = None
+
+    @classmethod
+    def invalid(cls, product_id: str, error: str) -> TagMatch:
+        return cls(product_id, False, 0.0, None, None, Method.INVALID, error)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Dead letters, the other way an event leaves, are built in ``streams.deadletters`
 
 Validation splits problems by what they spoil. A problem that makes the whole event unusable
 (no ids, no target URL, too many sources or tags, a malformed URL) dead-letters the event. A
-problem confined to one tag (a box with NaN, infinite or non-positive size) becomes that tag's
-``error`` in the suggestion event, so the other tags of the upload are still answered.
+problem confined to one tag (``inference.tags``: a box with NaN, infinite or non-positive size,
+an empty product id; once the image is fetched, a box outside it) becomes that tag's ``error``
+in the suggestion event, so the other tags of the upload are still answered.
 
 Both kinds of reason start with a stable code (``too_many_tags: ...``, ``bbox_not_finite: ...``)
 so that dashboards and consumers can group them without parsing prose.
@@ -20,7 +21,8 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from inference.types import BBox, MatchResult, SourceTag
+from inference.tags import tag_error
+from inference.types import BBox, MatchResult, Method, SourceTag
 
 # Stable namespace for suggestion ids: uuid5(namespace, upload event id + model version).
 SUGGESTION_NAMESPACE = uuid.UUID("6f1d3c1e-8a8f-4d5e-9a43-0d8b3f2d7c11")
@@ -35,15 +37,10 @@ class InvalidEvent(ValueError):
 
 
 @dataclass(frozen=True)
-class UploadTag:
-    tag: SourceTag
-    error: str | None
-
-
-@dataclass(frozen=True)
 class UploadSource:
     image_url: str
-    tags: tuple[UploadTag, ...]
+    tags: tuple[SourceTag, ...]
+    """Every tag, in event order; one that cannot be answered carries its ``error``."""
 
 
 @dataclass(frozen=True)
@@ -144,18 +141,10 @@ def _check_url(url: str, field_name: str, limits: EventLimits) -> None:
         raise InvalidEvent("bad_url", f"{field_name} {url!r} is not an absolute http(s) URL")
 
 
-def _parse_tag(tag: dict[str, Any]) -> UploadTag:
+def _parse_tag(tag: dict[str, Any]) -> SourceTag:
     box = tag["bbox"]
-    values = [box["x"], box["y"], box["width"], box["height"]]
-    bbox = BBox(*values)
-    error = None
-    if not str(tag["product_id"]).strip():
-        error = "empty_product_id: product_id is empty"
-    elif not all(math.isfinite(v) for v in values):
-        error = f"bbox_not_finite: bbox has a non-finite value: {values}"
-    elif bbox.width <= 0 or bbox.height <= 0:
-        error = f"bbox_not_positive: bbox has non-positive size: width={bbox.width}, height={bbox.height}"
-    return UploadTag(SourceTag(tag["product_id"], bbox), error)
+    bbox = BBox(box["x"], box["y"], box["width"], box["height"])
+    return SourceTag(tag["product_id"], bbox, tag_error(tag["product_id"], bbox))
 
 
 def suggestion_event_id(upload_event_id: str, model_version: str) -> str:
@@ -164,36 +153,22 @@ def suggestion_event_id(upload_event_id: str, model_version: str) -> str:
 
 
 def suggestion_record(
-    event: UploadEvent,
-    result: MatchResult,
-    tag_errors: dict[int, str],
-    model: dict[str, str],
-    received_at: datetime,
+    event: UploadEvent, result: MatchResult, model: dict[str, str], received_at: datetime
 ) -> dict[str, Any]:
-    """The TagSuggestions record; ``tag_errors`` maps tag positions (in event order) to errors."""
+    """The TagSuggestions record: one suggestion per tag of the event, in order (``result`` answers each)."""
     now = datetime.now(timezone.utc)
-    matches = iter(result.matches)
-    suggestions: list[dict[str, Any]] = []
-    position = 0
-    for source in event.sources:
-        for upload_tag in source.tags:
-            error = tag_errors.get(position)
-            position += 1
-            if error is not None:
-                suggestions.append(_suggestion(upload_tag.tag.product_id, None, "invalid", error))
-                continue
-            match = next(matches)
-            suggestions.append(
-                {
-                    "product_id": match.product_id,
-                    "found": match.found,
-                    "confidence": float(match.confidence),
-                    "bbox": _bbox(match.bbox),
-                    "detected_class": match.detected_class,
-                    "method": match.method,
-                    "error": match.error,
-                }
-            )
+    suggestions = [
+        {
+            "product_id": match.product_id,
+            "found": match.found,
+            "confidence": float(match.confidence),
+            "bbox": _bbox(match.bbox),
+            "detected_class": match.detected_class,
+            "method": Method(match.method).value,
+            "error": match.error,
+        }
+        for match in result.matches
+    ]
     return {
         "event_id": suggestion_event_id(event.event_id, model["version"]),
         "upload_event_id": event.event_id,
@@ -204,18 +179,6 @@ def suggestion_record(
         "detections_count": result.detections_count,
         "model": model,
         "attributes": event.attributes,
-    }
-
-
-def _suggestion(product_id: str, bbox: BBox | None, method: str, error: str | None) -> dict[str, Any]:
-    return {
-        "product_id": product_id,
-        "found": False,
-        "confidence": 0.0,
-        "bbox": _bbox(bbox),
-        "detected_class": None,
-        "method": method,
-        "error": error,
     }
 
 

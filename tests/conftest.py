@@ -194,7 +194,9 @@ def collect(broker: EmbeddedBroker, topic: str, count: int, timeout_s: float) ->
         records: list[dict[str, object]] = []
 
         async def consume() -> None:
-            async for _, record in read_topic(broker.url, topic, Settings().fetch_wait_ms, from_beginning=True, topic_wait_s=timeout_s):
+            async for _, record in read_topic(
+                broker.url, topic, Settings().fetch_wait_ms, from_beginning=True, topic_wait_s=timeout_s
+            ):
                 records.append(record)
                 if len(records) >= count:
                     return

@@ -248,7 +248,7 @@ class ItemResult:
 
 
 @dataclass(frozen=True)
-class Metrics:
+class Scores:
     """Scores of a group of results; None where the group has nothing to score."""
 
     boxes: int
@@ -273,14 +273,14 @@ class Metrics:
         }
 
 
-def compute_metrics(results: Iterable[ItemResult]) -> Metrics:
+def compute_scores(results: Iterable[ItemResult]) -> Scores:
     results = list(results)
     positives = [r for r in results if r.item.kind == "positive"]
     negatives = [r for r in results if r.item.kind == "negative"]
     found = [r for r in positives if r.answer.found and r.answer.bbox is not None]
     trivial = [r.item.trivial_baseline_iou for r in positives if r.item.trivial_baseline_iou is not None]
     false_positives = sum(r.answer.found for r in negatives)
-    return Metrics(
+    return Scores(
         boxes=len(positives),
         recall_iou50=_mean([float(r.success) for r in positives]),
         mean_iou=_mean([r.iou for r in found]),
@@ -294,8 +294,8 @@ def compute_metrics(results: Iterable[ItemResult]) -> Metrics:
 
 @dataclass(frozen=True)
 class EvalReport:
-    overall: Metrics
-    per_sequence: dict[str, Metrics]
+    overall: Scores
+    per_sequence: dict[str, Scores]
     results: list[ItemResult]
     seconds: float
 
@@ -325,7 +325,7 @@ def _case_rows(results: Sequence[ItemResult]) -> list[dict[str, Any]]:
             by_case.setdefault(result.item.case_id, []).append(result)
     rows = []
     for case_id, case_results in by_case.items():
-        metrics = compute_metrics(case_results)
+        metrics = compute_scores(case_results)
         rows.append(
             {
                 "case_id": case_id,
@@ -398,7 +398,7 @@ class Evaluator:
             if self.progress is not None:
                 self.progress(len(results), len(items))
         return EvalReport(
-            overall=compute_metrics(results),
+            overall=compute_scores(results),
             per_sequence=_per_sequence(results),
             results=results,
             seconds=time.perf_counter() - started,
@@ -423,13 +423,13 @@ def evaluate(
     return Evaluator(locate, batch_size=batch_size, progress=progress).run(items)
 
 
-def _per_sequence(results: Sequence[ItemResult]) -> dict[str, Metrics]:
+def _per_sequence(results: Sequence[ItemResult]) -> dict[str, Scores]:
     """Negatives count for the sequence of their source box: the product that must not be found."""
     groups: dict[str, list[ItemResult]] = {}
     for result in results:
         if result.item.kind != "qualitative":
             groups.setdefault(result.item.sequence, []).append(result)
-    return {key: compute_metrics(group) for key, group in groups.items()}
+    return {key: compute_scores(group) for key, group in groups.items()}
 
 
 def _query(item: EvalItem, images: ImageStore) -> EvalQuery:

@@ -22,7 +22,7 @@ from inference.detector import Detector
 from inference.embedder import Embedder
 from inference.fusion import detected_class
 from inference.pipeline import StageClock
-from inference.types import BBox, Detection, MatchRequest, MatchResult, RGBImage, TagMatch
+from inference.types import BBox, Detection, MatchRequest, MatchResult, Method, RGBImage, TagMatch
 
 COARSE_MAX = 150
 FINE_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)
@@ -102,7 +102,7 @@ class ReferenceMatcher:
             round(score, 4),
             bbox,
             detected_class(all_boxes[index], detections) if found else None,
-            "reference",
+            Method.CLIP if found else Method.NONE,
         )
 
     def _embed(self, image: Image.Image, boxes: list[BBox], clock: StageClock) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Request and response bodies of the reference HTTP API, as pydantic models.
 
 Field names and shapes are the reference service's (``seed/reference-service-guide.md``), so
-its clients keep working against a worker. Validation is stricter where the pipeline would
-otherwise have to guess: boxes must be finite with a positive size, and thresholds in range.
+its clients keep working against a worker. These models check types and ranges; what makes a
+tag answerable (a finite box of positive size inside its image, a product id) is checked by
+the same rules as on the stream (``inference.tags``), in the handler.
 """
 
 from __future__ import annotations
@@ -19,19 +20,16 @@ class _Body(BaseModel):
 
 
 class BBoxIn(_Body):
-    """Pixels; (x, y) is the top-left corner."""
+    """Pixels; (x, y) is the top-left corner. What makes a box usable is checked by the stream's rules."""
 
     x: float
     y: float
-    width: float = Field(gt=0)
-    height: float = Field(gt=0)
-
-    def to_bbox(self) -> BBox:
-        return BBox(self.x, self.y, self.width, self.height)
+    width: float
+    height: float
 
 
 class SourceTagIn(_Body):
-    product_id: str = Field(min_length=1)
+    product_id: str
     bbox: BBoxIn
 
 

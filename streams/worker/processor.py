@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
-from inference.types import MatchRequest, MatchResult, SourceImage, SourceTag
+from inference.tags import tag_error
+from inference.types import MatchRequest, MatchResult, SourceImage
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, DecodeError, EncodeError, decode, encode
 from streams.deadletters import Original, dead_letter_record
 from streams.events import EventLimits, InvalidEvent, UploadEvent, check_size, parse_upload, suggestion_record
@@ -144,16 +145,15 @@ class SuggestionProcessor:
         outcomes: dict[int, Outbound] = {}
         images = await self._fetch_all({url for e in events.values() for url in e.image_urls})
         requests: dict[int, MatchRequest] = {}
-        tag_errors: dict[int, dict[int, str]] = {}
         for index, event in events.items():
             try:
-                requests[index], tag_errors[index] = _match_request(event, images, self.retry.fetch_attempts)
+                requests[index] = _match_request(event, images, self.retry.fetch_attempts)
             except _Failed as failure:
                 outcomes[index] = self.dead_letter(batch[index], failure.of(event))
             except Exception as exc:
                 outcomes[index] = self.dead_letter(batch[index], _Failed("pipeline_error", _unexpected(exc)).of(event))
         for index, result in (await self._infer(requests)).items():
-            outcomes[index] = self._answer(batch[index], events[index], result, tag_errors[index])
+            outcomes[index] = self._answer(batch[index], events[index], result)
         return outcomes
 
     def _parse(self, message: Inbound) -> UploadEvent:
@@ -233,12 +233,12 @@ class SuggestionProcessor:
         return _Failed("pipeline_error", f"{type(error).__name__}: {error}", self.retry.pipeline_attempts)
 
     def _answer(
-        self, message: Inbound, event: UploadEvent, result: MatchResult | _Failed, tag_errors: dict[int, str]
+        self, message: Inbound, event: UploadEvent, result: MatchResult | _Failed
     ) -> Outbound:
         if isinstance(result, _Failed):
             return self.dead_letter(message, result.of(event))
         try:
-            record = suggestion_record(event, result, tag_errors, self.model, message.received_at)
+            record = suggestion_record(event, result, self.model, message.received_at)
             value = encode(TAG_SUGGESTIONS, record)
         except EncodeError as exc:
             return self.dead_letter(message, _Failed("encode_error", str(exc)).of(event))
@@ -290,8 +290,11 @@ class SuggestionProcessor:
         return Outbound(self.topics.dead_letters, record["key"], value, failure.kind, bare=not keep_value)
 
 
-def _match_request(event: UploadEvent, images: Fetched, fetch_attempts: int) -> tuple[MatchRequest, dict[int, str]]:
-    """The pipeline's request for an event whose images all arrived, plus the per-tag errors."""
+def _match_request(event: UploadEvent, images: Fetched, fetch_attempts: int) -> MatchRequest:
+    """The pipeline's request for an event whose images all arrived: every tag, those it cannot answer with their error.
+
+    Only now, with the source images' sizes known, can a box outside its image be told apart.
+    """
     for url in [event.target_image_url, *(s.image_url for s in event.sources)]:
         image = images[url]
         if isinstance(image, FetchError):
@@ -299,31 +302,17 @@ def _match_request(event: UploadEvent, images: Fetched, fetch_attempts: int) -> 
             raise _Failed("fetch_error", f"{image.kind}: {image}", attempts)
     target = images[event.target_image_url]
     assert not isinstance(target, FetchError)
-    tag_errors: dict[int, str] = {}
     sources: list[SourceImage] = []
-    position = 0
     for source in event.sources:
-        tags: list[SourceTag] = []
         image = images[source.image_url]
         assert not isinstance(image, FetchError)
-        width, height = image.original_width, image.original_height
-        for upload_tag in source.tags:
-            error = upload_tag.error
-            if error is None and upload_tag.tag.bbox.clip(width, height).area <= 0:
-                # Only now is the source image's size known; any pipeline (plugins too) gets this.
-                box = upload_tag.tag.bbox
-                error = (
-                    f"bbox_outside_image: bbox (x={box.x:g}, y={box.y:g}, w={box.width:g}, h={box.height:g}) "
-                    f"does not overlap the {width}x{height} source image"
-                )
-            if error is not None:
-                tag_errors[position] = error
-            else:
-                tags.append(upload_tag.tag)
-            position += 1
-        sources.append(SourceImage(source.image_url, image.pixels, tuple(tags), image.scale))
-    request = MatchRequest(event.event_id, target.pixels, tuple(sources), event.similarity_threshold, target.scale)
-    return request, tag_errors
+        size = (image.original_width, image.original_height)
+        tags = tuple(
+            replace(tag, error=tag.error or tag_error(tag.product_id, tag.bbox, size, image.scale))
+            for tag in source.tags
+        )
+        sources.append(SourceImage(source.image_url, image.pixels, tags, image.scale))
+    return MatchRequest(event.event_id, target.pixels, tuple(sources), event.similarity_threshold, target.scale)
 
 
 def _checked(requests: Sequence[MatchRequest], results: Sequence[MatchResult]) -> Sequence[MatchResult]:

@@ -23,7 +23,8 @@ from aiohttp.typedefs import Handler, Middleware
 from faust.web import View
 from pydantic import BaseModel, ValidationError
 
-from inference.types import MatchRequest, SourceImage, SourceTag
+from inference.tags import tag_error
+from inference.types import BBox, MatchRequest, SourceImage, SourceTag
 from streams.events import EventLimits
 from streams.fetch.fetcher import DecodedImage, FetchError
 from streams.metrics import Metrics
@@ -33,6 +34,7 @@ from streams.worker.api_models import (
     DetectRequest,
     DetectResponse,
     HealthResponse,
+    SourceTagIn,
     Suggestion,
     SuggestTagsRequest,
     SuggestTagsResponse,
@@ -73,28 +75,24 @@ class HttpApi:
             # The worker's configured limit, the same one the stream applies to upload events.
             message = f"too_many_tags: {len(body.source_tags)} tags, limit {self._limits.max_tags}"
             raise _unprocessable([_invalid(("source_tags",), message, "too_long")])
+        # The stream's rules for a tag (inference.tags): here a bad tag fails the request, before any fetch.
+        tags = [SourceTag(tag.product_id, box, tag_error(tag.product_id, box)) for tag, box in _boxes(body)]
+        _refuse_bad_tags([tag.error for tag in tags])
         engine = self._engine()
         images = await engine.fetcher.fetch_many([body.source_image_url, body.target_image_url])
         source = _fetched(images, body.source_image_url, "source_image_url")
         target = _fetched(images, body.target_image_url, "target_image_url")
-        tags = tuple(SourceTag(tag.product_id, tag.bbox.to_bbox()) for tag in body.source_tags)
         result = await engine.pipeline.match(
             MatchRequest(
                 f"http-{uuid.uuid4()}",
                 target.pixels,
-                (SourceImage(body.source_image_url, source.pixels, tags, source.scale),),
+                (SourceImage(body.source_image_url, source.pixels, tuple(tags), source.scale),),
                 body.similarity_threshold,
                 target.scale,
             )
         )
-        # Boxes the model refuses (nothing left inside the source image) are input errors here.
-        refused = [
-            _invalid(("source_tags", index, "bbox"), match.error)
-            for index, match in enumerate(result.matches)
-            if match.error is not None
-        ]
-        if refused:
-            raise _unprocessable(refused)
+        # Boxes that only the fetched image refutes (nothing of them inside it) are input errors too.
+        _refuse_bad_tags([match.error for match in result.matches])
         return _json(
             SuggestTagsResponse(
                 suggestions=[Suggestion.of(match) for match in result.matches],
@@ -218,6 +216,21 @@ def _fetched(images: Mapping[str, DecodedImage | FetchError], url: str, field: s
             content_type="application/json",
         )
     return image
+
+
+def _boxes(body: SuggestTagsRequest) -> list[tuple[SourceTagIn, BBox]]:
+    return [(tag, BBox(tag.bbox.x, tag.bbox.y, tag.bbox.width, tag.bbox.height)) for tag in body.source_tags]
+
+
+def _refuse_bad_tags(errors: list[str | None]) -> None:
+    """422 naming each tag that cannot be answered, at its product id or its box."""
+    refused = [
+        _invalid(("source_tags", index, "product_id" if error.startswith("empty_product_id") else "bbox"), error)
+        for index, error in enumerate(errors)
+        if error is not None
+    ]
+    if refused:
+        raise _unprocessable(refused)
 
 
 def _invalid(loc: tuple[str | int, ...], message: str, kind: str = "value_error") -> dict[str, Any]:

@@ -14,7 +14,7 @@ from inference.detector import YoloDetector
 from inference.embedder import ClipEmbedder, Embedder
 from inference.geometry import GeometricVerifier
 from inference.pipeline import Pipeline
-from inference.types import BBox, MatchRequest, SourceImage, SourceTag
+from inference.types import BBox, MatchRequest, Method, SourceImage, SourceTag
 from workbench.scenes import DemoSet
 
 
@@ -57,10 +57,14 @@ def test_finds_present_products_precisely_and_rejects_absent_ones(pipeline: Pipe
 
 def test_a_box_outside_its_source_image_is_a_per_tag_error(pipeline: Pipeline, demo_set: DemoSet) -> None:
     source = demo_set.source_images()[0]
-    bad = SourceImage(source.key, source.image, (*source.tags, SourceTag("off-image", BBox(5000, 5000, 10, 10))))
+    width = source.image.shape[1]
+    extra = (SourceTag("off-image", BBox(5000, 5000, 10, 10)), SourceTag("sliver", BBox(width - 1, 10, 40, 40)))
+    bad = SourceImage(source.key, source.image, (*source.tags, *extra))
     (result,) = pipeline.run([MatchRequest("r", next(iter(demo_set.uploads.values())), (bad,))])
     errors = {m.product_id: m.error for m in result.matches}
-    assert errors["off-image"] is not None and "inside" in errors["off-image"]
+    assert str(errors["off-image"]).startswith("bbox_outside_image:")
+    assert str(errors["sliver"]).startswith("bbox_too_small:")
+    assert [m.method for m in result.matches[-2:]] == [Method.INVALID, Method.INVALID]
     assert all(errors[t.product_id] is None for t in source.tags)
 
 

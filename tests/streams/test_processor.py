@@ -18,7 +18,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inference.types import BBox, MatchRequest, MatchResult, TagMatch
+from inference.types import BBox, MatchRequest, MatchResult, Method, TagMatch
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, decode, encode
 from streams.events import EventLimits
 from streams.fetch.decode import DecodedImage
@@ -99,18 +99,21 @@ class ScriptedPipeline:
 
 
 def _answer(request: MatchRequest) -> MatchResult:
+    """Answers as the pipeline contract says: a tag with an error is ``invalid``, the others are matched."""
     matches = []
     for source in request.sources:
         for index, tag in enumerate(source.tags):
-            if index % 2:
+            if tag.error is not None:
+                matches.append(TagMatch.invalid(tag.product_id, tag.error))
+            elif index % 2:
                 matches.append(_miss(tag.product_id))
             else:
-                matches.append(TagMatch(tag.product_id, True, 0.9, BBox(1, 2, 3, 4), None, "geometric"))
+                matches.append(TagMatch(tag.product_id, True, 0.9, BBox(1, 2, 3, 4), None, Method.GEOMETRIC))
     return MatchResult(request.request_id, tuple(matches), 1)
 
 
 def _miss(product_id: str) -> TagMatch:
-    return TagMatch(product_id, False, 0.1, None, None, "none")
+    return TagMatch(product_id, False, 0.1, None, None, Method.NONE)
 
 
 # --- strategies ------------------------------------------------------------------------------
@@ -313,7 +316,12 @@ def test_answers_are_given_in_the_photos_own_pixels_and_boxes_checked_against_th
     assert suggestion["suggestions"][2]["error"].startswith("bbox_outside_image")
     (request,) = seen
     assert request.target_scale == 0.5 and request.sources[0].scale == 0.5
-    assert [t.product_id for t in request.sources[0].tags] == ["sku-1", "far"]
+    # Every tag reaches the pipeline, the one outside its image with its error (answered "invalid").
+    assert [(t.product_id, t.error is None) for t in request.sources[0].tags] == [
+        ("sku-1", True),
+        ("far", True),
+        ("out", False),
+    ]
 
 
 def test_a_pipeline_answering_the_wrong_requests_never_gives_one_event_anothers_answer() -> None:

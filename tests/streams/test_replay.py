@@ -232,7 +232,10 @@ def test_dlq_replay_republishes_the_original_bytes(
     summary = capsys.readouterr().out
 
     async def read_target() -> list[tuple[bytes | None, bytes]]:
-        return [(m.key, m.value) async for m, _ in read_topic(broker.url, target, Settings().fetch_wait_ms, idle_timeout_s=2.0)]
+        return [
+            (m.key, m.value)
+            async for m, _ in read_topic(broker.url, target, Settings().fetch_wait_ms, idle_timeout_s=2.0)
+        ]
 
     republished = asyncio.run(read_target())
 

@@ -236,7 +236,11 @@ VALID = {
         ({k: v for k, v in VALID.items() if k != "source_tags"}, ["body", "source_tags"]),
         (_with(VALID, source_tags=[]), ["body", "source_tags"]),
         (_with(VALID, source_tags=_tag(width="wide")), ["body", "source_tags", 0, "bbox", "width"]),
-        (_with(VALID, source_tags=_tag(height=-5)), ["body", "source_tags", 0, "bbox", "height"]),
+        (_with(VALID, source_tags=_tag(height=-5)), ["body", "source_tags", 0, "bbox"]),
+        (
+            _with(VALID, source_tags=[{"product_id": " ", "bbox": _tag()[0]["bbox"]}]),
+            ["body", "source_tags", 0, "product_id"],
+        ),
         (_with(VALID, source_tags=[{"bbox": _tag()[0]["bbox"]}]), ["body", "source_tags", 0, "product_id"]),
         (_with(VALID, similarity_threshold=2.0), ["body", "similarity_threshold"]),
         (_with(VALID, source_image_url=42), ["body", "source_image_url"]),

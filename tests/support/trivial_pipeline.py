@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from inference.types import Detection, MatchRequest, MatchResult, RGBImage, TagMatch
+from inference.types import Detection, MatchRequest, MatchResult, Method, RGBImage, TagMatch
 from streams.settings import Settings
 
 
@@ -30,7 +30,13 @@ class TrivialPipeline:
         return [
             MatchResult(
                 r.request_id,
-                tuple(TagMatch(t.product_id, False, 0.0, None, None, "trivial") for s in r.sources for t in s.tags),
+                tuple(
+                    TagMatch.invalid(t.product_id, t.error)
+                    if t.error
+                    else TagMatch(t.product_id, False, 0.0, None, None, Method.NONE)
+                    for s in r.sources
+                    for t in s.tags
+                ),
                 0,
             )
             for r in requests
