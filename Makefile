@@ -27,7 +27,7 @@ test: install
 
 # Bounded soak (not in `make test`): SOAK_EVENTS (default 10000) and SOAK_RATE (events/s, default 25).
 soak: install
-	$(PY) -m pytest tests/soak -m soak -s -p no:cacheprovider
+	$(PY) -m pytest tests/e2e/soak -m soak -s -p no:cacheprovider
 
 lint: install
 	$(VENV)/bin/ruff check schemas inference streams workbench tests

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import WorkerFactory, WorkerProcess
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.broker import EmbeddedBroker, free_port
+from support.processes import WorkerFactory, WorkerProcess
 
 
 @dataclass

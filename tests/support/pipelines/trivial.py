@@ -1,6 +1,6 @@
 """A model-free pipeline plugin for soak and fault tests of the stream machinery.
 
-Loaded by the worker through ``TAGSTREAM_PIPELINE_FACTORY=trivial_pipeline:build``. It answers
+Loaded by the worker through ``TAGSTREAM_PIPELINE_FACTORY=support.pipelines.trivial:build``. It answers
 every tag "not found" at once, so a test exercises fetching, batching, acks and publishing at a
 rate a 2-core machine can sustain, without spending its CPU on YOLO and CLIP. It does not test
 the models (tests/inference and the other e2e tests do).

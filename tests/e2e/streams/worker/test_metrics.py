@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import collect, upload_records
-from web_worker import WebWorker, sample, start_web_worker, worker_factory
+from support.streams import collect, upload_records
+from support.web_worker import WebWorker, sample, start_web_worker, worker_factory
 
 from streams.broker import EmbeddedBroker, free_port
 from streams.kafka import produce_raw, produce_uploads

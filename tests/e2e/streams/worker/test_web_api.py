@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import reference_api
-from conftest import WorkerFactory
-from web_worker import WebWorker, start_web_worker, worker_factory
+from support import reference_api
+from support.processes import WorkerFactory
+from support.web_worker import WebWorker, start_web_worker, worker_factory
 
 from inference.types import BBox
 from streams.broker import EmbeddedBroker, free_port
@@ -41,7 +41,7 @@ def started(factory: WorkerFactory, tmp_path_factory: pytest.TempPathFactory) ->
         factory,
         "web-guarded",
         TAGSTREAM_FETCH__ALLOW_PRIVATE_NETWORKS="false",
-        TAGSTREAM_PIPELINE_FACTORY="gated_pipeline:build",
+        TAGSTREAM_PIPELINE_FACTORY="support.pipelines.gated:build",
         GATED_PIPELINE_OPEN=str(gate),
     )
     # A tag limit above the 64 of EventLimits' class default: the HTTP API must apply the setting.

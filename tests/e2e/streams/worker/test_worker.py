@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from conftest import WorkerFactory, collect, upload_records
+from support.processes import WorkerFactory
+from support.streams import collect, upload_records
 
 from inference.types import BBox
 from streams.broker import EmbeddedBroker, free_port
@@ -110,7 +111,9 @@ def test_pipeline_raising_mid_batch_loses_nothing(
         event_id = f"boom-{uuid.uuid4()}" if index in (1, 4) else str(uuid.uuid4())
         batch.append({**record, "upload_id": f"{record['upload_id']}-{index}", "event_id": event_id})
     sent = asyncio.run(produce_uploads(broker.url, uploads, batch))
-    workers.start("faulty", "faulty", TAGSTREAM_PIPELINE_FACTORY="faulty_pipeline:build", TAGSTREAM_MAX_BATCH="8")
+    workers.start(
+        "faulty", "faulty", TAGSTREAM_PIPELINE_FACTORY="support.pipelines.faulty:build", TAGSTREAM_MAX_BATCH="8"
+    )
 
     answered = collect(broker, suggestions, len(sent) - 2, timeout_s=180)
     letters = collect(broker, dead_letters, 2, timeout_s=60)

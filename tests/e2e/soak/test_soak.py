@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
-from conftest import WorkerFactory, collect
 from PIL import Image
+from support.processes import WorkerFactory
+from support.streams import collect
 
 from schemas import IMAGE_UPLOADED, encode
 from streams.broker import EmbeddedBroker
@@ -119,7 +120,7 @@ def test_soak(
         (images / name).write_bytes(buffer.getvalue())
     with ImageServer(images) as server:
         messages = _events(n, server)
-        worker = workers.start("soak", "soak", TAGSTREAM_PIPELINE_FACTORY="trivial_pipeline:build")
+        worker = workers.start("soak", "soak", TAGSTREAM_PIPELINE_FACTORY="support.pipelines.trivial:build")
         # Memory is compared from a warm worker on: its agent has started and built its engine.
         ready_by = time.monotonic() + 180
         while "models loaded" not in worker.output() and time.monotonic() < ready_by:

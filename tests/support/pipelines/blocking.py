@@ -1,6 +1,6 @@
 """A pipeline plugin that holds every batch until a test opens its gate: a worker stuck mid-batch.
 
-Loaded by the worker through ``TAGSTREAM_PIPELINE_FACTORY=blocking_pipeline:build``; ``run``
+Loaded by the worker through ``TAGSTREAM_PIPELINE_FACTORY=support.pipelines.blocking:build``; ``run``
 waits (in the worker's inference thread) until the file named by ``BLOCKING_PIPELINE_OPEN``
 exists, then answers like ``trivial_pipeline``. Events pile up behind it, which is what the
 lag and stall tests need.
@@ -13,10 +13,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from trivial_pipeline import TrivialPipeline
-
 from inference.types import MatchRequest, MatchResult
 from streams.settings import Settings
+from support.pipelines.trivial import TrivialPipeline
 
 
 class BlockingPipeline(TrivialPipeline):

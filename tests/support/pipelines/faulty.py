@@ -1,6 +1,6 @@
 """A pipeline plugin for fault tests: the real pipeline, but it raises on chosen events.
 
-Loaded by the worker through ``TAGSTREAM_PIPELINE_FACTORY=faulty_pipeline:build``. Any batch
+Loaded by the worker through ``TAGSTREAM_PIPELINE_FACTORY=support.pipelines.faulty:build``. Any batch
 containing a request whose event id starts with ``boom`` raises, like a model crashing on
 one bad input in the middle of a micro-batch.
 """

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from photos import EVAL_SAMPLE
+from support.photos import EVAL_SAMPLE
 
 from workbench.cli import main
 

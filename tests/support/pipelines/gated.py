@@ -1,6 +1,6 @@
 """A pipeline plugin whose loading waits for a test's go-ahead, to observe a worker still loading.
 
-Loaded by the worker through ``TAGSTREAM_PIPELINE_FACTORY=gated_pipeline:build``; loading
+Loaded by the worker through ``TAGSTREAM_PIPELINE_FACTORY=support.pipelines.gated:build``; loading
 blocks (in the worker's loader thread) until the file named by ``GATED_PIPELINE_OPEN`` exists.
 """
 

@@ -25,11 +25,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
-from conftest import WorkerFactory, collect
-from hostile_http import HostileServer, ipv6_loopback_available, redirect, status
 from PIL import Image
-from reliability_report import report
-from trivial_pipeline import TrivialPipeline
+from support.hostile_http import HostileServer, ipv6_loopback_available, redirect, status
+from support.pipelines.trivial import TrivialPipeline
+from support.processes import WorkerFactory
+from support.reliability_report import report
+from support.streams import collect
 
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, decode, encode
 from streams.broker import EmbeddedBroker

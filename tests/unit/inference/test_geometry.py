@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from photos import EVAL_SAMPLE
+from support.photos import EVAL_SAMPLE
 
 from inference.config import SearchConfig
 from inference.geometry import (

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from photos import EVAL_SAMPLE
 from PIL import Image
+from support.photos import EVAL_SAMPLE
 
 from inference.types import BBox
 from workbench.evaluation import (

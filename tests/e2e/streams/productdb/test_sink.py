@@ -21,7 +21,8 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from conftest import WorkerFactory, WorkerProcess, collect, start_cli, upload_records, wait_for
+from support.processes import WorkerFactory, WorkerProcess, start_cli
+from support.streams import collect, upload_records, wait_for
 
 from schemas import TAG_SUGGESTIONS, encode
 from streams.broker import EmbeddedBroker

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from conftest import collect, upload_records
+from support.streams import collect, upload_records
 
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, encode
 from streams.broker import EmbeddedBroker

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from conftest import WorkerFactory, collect, wait_for
-from reliability_report import report
-from web_worker import WebWorker, start_web_worker
+from support.processes import WorkerFactory
+from support.reliability_report import report
+from support.streams import collect, wait_for
+from support.web_worker import WebWorker, start_web_worker
 
 from streams.broker import EmbeddedBroker
 from streams.kafka import produce_uploads
@@ -60,7 +61,7 @@ def test_ready_follows_the_broker_frozen_and_killed(
         workers,
         "readyprobe",
         TAGSTREAM_BROKER=own_broker.url,
-        TAGSTREAM_PIPELINE_FACTORY="trivial_pipeline:build",
+        TAGSTREAM_PIPELINE_FACTORY="support.pipelines.trivial:build",
         **FAST_PROBE,
     )
     worker.wait_for("/ready", 200, timeout_s=120)
@@ -115,7 +116,7 @@ def test_lag_counts_a_backlog_and_a_stalled_worker_is_not_ready(
         workers,
         "backlog",
         TAGSTREAM_BROKER=own_broker.url,
-        TAGSTREAM_PIPELINE_FACTORY="blocking_pipeline:build",
+        TAGSTREAM_PIPELINE_FACTORY="support.pipelines.blocking:build",
         BLOCKING_PIPELINE_OPEN=str(gate),
         TAGSTREAM_STALL_TIMEOUT_S="4",
         **FAST_PROBE,
@@ -164,7 +165,9 @@ def test_a_worker_that_cannot_load_its_models_leaves_and_its_partitions_move(
         **common,
     )
     not_ready = broken.wait_for("/ready", 503, timeout_s=120).json()
-    healthy = start_web_worker(workers, "brokenmodel", TAGSTREAM_PIPELINE_FACTORY="trivial_pipeline:build", **common)
+    healthy = start_web_worker(
+        workers, "brokenmodel", TAGSTREAM_PIPELINE_FACTORY="support.pipelines.trivial:build", **common
+    )
     started = time.monotonic()
 
     assert broken.process.process.wait(timeout=120) == EXIT_MODELS_UNAVAILABLE

@@ -10,7 +10,7 @@ from inference.config import ModelConfig, SearchConfig
 from streams.cli.config import settings_rows
 from streams.settings import Settings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def test_sections_are_the_library_configs_fields_read_from_the_environment(

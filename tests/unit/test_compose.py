@@ -14,7 +14,7 @@ import yaml
 
 from streams.cli.config import settings_rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LONG_RUNNING = {"kafka", "postgres", "worker", "sink"}
 
 

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
-from conftest import WorkerFactory, collect, upload_records
-from hostile_http import HostileServer, delayed, flaky, stall, status
 from PIL import Image
-from reliability_report import report
-from web_worker import sample, start_web_worker
+from support.hostile_http import HostileServer, delayed, flaky, stall, status
+from support.processes import WorkerFactory
+from support.reliability_report import report
+from support.streams import collect, upload_records
+from support.web_worker import sample, start_web_worker
 
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, encode
 from streams.broker import EmbeddedBroker
@@ -34,7 +35,7 @@ from streams.kafka import complete_upload, produce_uploads
 from workbench.image_server import ImageServer
 from workbench.scenes import DemoSet
 
-TRIVIAL = {"TAGSTREAM_PIPELINE_FACTORY": "trivial_pipeline:build"}
+TRIVIAL = {"TAGSTREAM_PIPELINE_FACTORY": "support.pipelines.trivial:build"}
 
 
 def _topics(prefix: str) -> tuple[str, str, str]:

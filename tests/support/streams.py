@@ -1,0 +1,51 @@
+"""Reading what the workers published, and waiting for a condition, in end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from streams.broker import EmbeddedBroker
+from streams.kafka import read_topic
+from streams.settings import Settings
+from workbench.demo import demo_uploads
+from workbench.image_server import ImageServer
+from workbench.scenes import DemoSet
+
+
+def wait_for(predicate: object, timeout_s: float, interval_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(interval_s)
+    raise TimeoutError(f"condition not met within {timeout_s}s")
+
+
+def collect(broker: EmbeddedBroker, topic: str, count: int, timeout_s: float) -> list[dict[str, object]]:
+    """Read ``topic`` from the beginning until ``count`` records arrived or the time is up."""
+
+    async def run() -> list[dict[str, object]]:
+        records: list[dict[str, object]] = []
+
+        async def consume() -> None:
+            async for _, record in read_topic(
+                broker.url, topic, Settings().fetch_wait_ms, from_beginning=True, topic_wait_s=timeout_s
+            ):
+                records.append(record)
+                if len(records) >= count:
+                    return
+
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError, LookupError):
+            await asyncio.wait_for(consume(), timeout_s)
+        return records
+
+    return asyncio.run(run())
+
+
+def upload_records(demo_set: DemoSet, server: ImageServer, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """ImageUploaded records (as `tagstream produce` takes them) for the demo set's uploads."""
+    records = demo_uploads(demo_set, server)
+    return records if names is None else [r for r in records if r["upload_id"] in names]
