@@ -1,6 +1,6 @@
 """The product DB: where TagSuggestions events end up, idempotently, with their model lineage.
 
-One class on top of the dialect layer (``productdb_backends``), so PostgreSQL and SQLite run the
+One class on top of the dialect layer (``streams.productdb.backends``), so PostgreSQL and SQLite run the
 same SQL. A batch of events is one transaction: the sink commits its Kafka offsets only after
 ``write`` returns, so an event is either in the database or will be delivered again, and
 ``INSERT … ON CONFLICT DO NOTHING`` on the event's natural key makes the redelivery harmless.

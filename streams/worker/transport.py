@@ -25,7 +25,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its fetcher, i.e. after this point;
-        # tests/streams/test_faust_transport.py fails if an aiokafka release renames it.
+        # tests/e2e/streams/worker/test_transport.py fails if an aiokafka release renames it.
         consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms
         return consumer
 

@@ -7,6 +7,8 @@ import contextlib
 import time
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
 from streams.broker import EmbeddedBroker
 from streams.kafka import read_topic
 from streams.settings import Settings
@@ -49,3 +51,17 @@ def upload_records(demo_set: DemoSet, server: ImageServer, names: list[str] | No
     """ImageUploaded records (as `tagstream produce` takes them) for the demo set's uploads."""
     records = demo_uploads(demo_set, server)
     return records if names is None else [r for r in records if r["upload_id"] in names]
+
+
+def create_topics(broker: EmbeddedBroker, names: list[str], partitions: int = 1) -> None:
+    """Topics created up front, as in production (no auto-creation race with the first producer)."""
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())

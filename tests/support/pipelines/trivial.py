@@ -3,7 +3,7 @@
 Loaded by the worker through ``TAGSTREAM_PIPELINE_FACTORY=support.pipelines.trivial:build``. It answers
 every tag "not found" at once, so a test exercises fetching, batching, acks and publishing at a
 rate a 2-core machine can sustain, without spending its CPU on YOLO and CLIP. It does not test
-the models (tests/inference and the other e2e tests do).
+the models (tests/unit/inference and the other e2e tests do).
 """
 
 from __future__ import annotations

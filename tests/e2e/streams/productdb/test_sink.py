@@ -20,9 +20,8 @@ from typing import Any
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from support.processes import WorkerFactory, WorkerProcess, start_cli
-from support.streams import collect, upload_records, wait_for
+from support.streams import collect, create_topics, upload_records, wait_for
 
 from schemas import TAG_SUGGESTIONS, encode
 from streams.broker import EmbeddedBroker
@@ -55,16 +54,7 @@ class Topics:
             f"{prefix}-sink",
         )
 
-        async def create() -> None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-            await admin.start()
-            try:
-                names = [topics.uploads, topics.suggestions, topics.dead_letters, topics.sink_dead_letters]
-                await admin.create_topics([NewTopic(n, num_partitions=1, replication_factor=1) for n in names])
-            finally:
-                await admin.close()
-
-        asyncio.run(create())
+        create_topics(broker, [topics.uploads, topics.suggestions, topics.dead_letters, topics.sink_dead_letters])
         return topics
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from support.processes import WorkerFactory
 from support.reliability_report import report
-from support.streams import collect, wait_for
+from support.streams import collect, create_topics, wait_for
 from support.web_worker import WebWorker, start_web_worker
 
 from streams.broker import EmbeddedBroker
@@ -89,18 +88,6 @@ def test_ready_follows_the_broker_frozen_and_killed(
     )
 
 
-def _create_topic(broker: EmbeddedBroker, name: str, partitions: int) -> None:
-    async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
-
-
 def test_lag_counts_a_backlog_and_a_stalled_worker_is_not_ready(
     own_broker: EmbeddedBroker,
     workers: WorkerFactory,
@@ -110,7 +97,7 @@ def test_lag_counts_a_backlog_and_a_stalled_worker_is_not_ready(
 ) -> None:
     """44 events wait behind a batch that does not finish: lag says 44, /ready says stalled, then both recover."""
     uploads, suggestions = "backlog.image-uploaded", "backlog.tag-suggestions"
-    _create_topic(own_broker, uploads, 2)
+    create_topics(own_broker, [uploads], partitions=2)
     gate = tmp_path / "open"
     worker = start_web_worker(
         workers,
@@ -154,7 +141,7 @@ def test_a_worker_that_cannot_load_its_models_leaves_and_its_partitions_move(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     uploads, suggestions = "brokenmodel.image-uploaded", "brokenmodel.tag-suggestions"
-    _create_topic(own_broker, uploads, 4)
+    create_topics(own_broker, [uploads], partitions=4)
     common = {"TAGSTREAM_BROKER": own_broker.url, "TAGSTREAM_TOPICS__PARTITIONS": "4", **FAST_PROBE}
     broken = start_web_worker(
         workers,

@@ -3,7 +3,7 @@
 Every event below names an internal address; each must become a dead letter saying
 ``blocked_address`` and the loopback servers standing behind those addresses must see no TCP
 connection at all. 10.0.0.1 and 169.254.169.254 are not served by anything here: the guard refuses
-them before a socket is opened (tests/streams/test_netguard.py and test_fetch.py prove that with
+them before a socket is opened (tests/unit/streams/fetch/test_netguard.py and test_fetcher.py prove that with
 a socket layer that records and refuses), so these tests never send traffic off the machine.
 
 The redirect case needs a *public* host that answers with a redirect. This machine has no DNS
