@@ -38,9 +38,7 @@ class ModelConfig:
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:N or auto.")
     precision: str = setting("fp32", "fp32, bf16 (CPU or GPU) or fp16 (GPU only).")
     torch_threads: int | None = setting(None, "torch intra-op threads; default: all cores available to the process.")
-    version: str = setting(
-        "", "Model version stamped on suggestions (lineage); default: derived from the model names."
-    )
+    version: str = setting("", "Model version stamped on suggestions (lineage); default: derived from the model names.")
 
     @property
     def model_version(self) -> str:
@@ -80,9 +78,7 @@ class SearchConfig:
     refine_top_k: int = 1
     refine_scales: tuple[float, ...] = (0.85, 1.0, 1.15)
     refine_shift: float = 0.15
-    min_standout: float = setting(
-        3.0, "Robust z-score the best CLIP window needs above the image's other windows."
-    )
+    min_standout: float = setting(3.0, "Robust z-score the best CLIP window needs above the image's other windows.")
     # Twice the most chance matches of an absent look-alike that ever agreed on one local model
     # in the generated scenes (7), about half what present products reach (>= 37; bent ones >= 28).
     min_local_support: int = setting(

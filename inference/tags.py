@@ -16,9 +16,7 @@ MIN_BOX_SIDE = 2.0
 """Smallest side, in working pixels, of what is left of a box inside its image: less is no region."""
 
 
-def tag_error(
-    product_id: str, box: BBox, image_size: tuple[int, int] | None = None, scale: float = 1.0
-) -> str | None:
+def tag_error(product_id: str, box: BBox, image_size: tuple[int, int] | None = None, scale: float = 1.0) -> str | None:
     """Why the tag cannot be answered, or None.
 
     ``image_size`` is the source photo's (width, height) in its own pixels, when it is known

@@ -114,7 +114,9 @@ async def _end_to_end(settings: Settings, model_dir: Path, rates: Sequence[float
         try:
             uploads = demo_uploads(demo, server)
             received: dict[str, _Arrival] = {}
-            consumer = asyncio.create_task(_receive(broker.url, settings.topics.suggestions, settings.fetch_wait_ms, received))
+            consumer = asyncio.create_task(
+                _receive(broker.url, settings.topics.suggestions, settings.fetch_wait_ms, received)
+            )
             async with UploadProducer(broker.url, settings.topics.uploads) as producer:
                 print(f"e2e: warming up the worker (logs in {work})", flush=True)
                 await producer.send({**uploads[0], "upload_id": "warm-up"})

@@ -80,7 +80,9 @@ def run_demo(port: int, seed: int, exit_after_demo: bool) -> int:
             _write_example(work / "my-uploads.jsonl", uploads[0])
             asyncio.run(produce_uploads(broker.url, settings.topics.uploads, uploads))
             print(f"published {len(uploads)} demo uploads; waiting for suggestions (models load first) ...", flush=True)
-            asyncio.run(_print_suggestions(broker.url, settings.topics.suggestions, settings.fetch_wait_ms, demo, len(uploads)))
+            asyncio.run(
+                _print_suggestions(broker.url, settings.topics.suggestions, settings.fetch_wait_ms, demo, len(uploads))
+            )
             _print_next_steps(broker, work)
             if not exit_after_demo:
                 while worker.poll() is None:

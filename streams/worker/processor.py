@@ -29,7 +29,6 @@ Fetched = Mapping[str, DecodedImage | FetchError]
 log = logging.getLogger(__name__)
 
 
-
 class PipelineLike(Protocol):
     @property
     def lineage(self) -> Mapping[str, str]:
@@ -232,9 +231,7 @@ class SuggestionProcessor:
                 )
         return _Failed("pipeline_error", f"{type(error).__name__}: {error}", self.retry.pipeline_attempts)
 
-    def _answer(
-        self, message: Inbound, event: UploadEvent, result: MatchResult | _Failed
-    ) -> Outbound:
+    def _answer(self, message: Inbound, event: UploadEvent, result: MatchResult | _Failed) -> Outbound:
         if isinstance(result, _Failed):
             return self.dead_letter(message, result.of(event))
         try:
