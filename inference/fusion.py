@@ -3,9 +3,12 @@
 The rule, in order:
 
 1. **Geometry confirms** — local features of the source box map onto the target through a
-   homography that passes the verifier's sanity checks. Then the product is there and the
-   projected box is its place: ``method="geometric"``, ``confidence`` = the verifier's
-   confidence. This also *corrects* a CLIP box: the geometric box wins whenever both exist.
+   model that passes the verifier's sanity checks, and the verifier's calibrated confidence
+   (the probability that its box is right) reaches the threshold. Then the product is there
+   and the box the evidence supports is its place: ``method="geometric"``. This also
+   *corrects* a CLIP box: the geometric box wins whenever both exist. A match below the
+   threshold is not suggested (a tag in the wrong place is worse than none); its confidence is
+   still reported.
 2. **CLIP alone** — no geometric confirmation, but the best CLIP window reaches the similarity
    threshold *and* stands out from the other windows of the same image. For a textured source
    (enough keypoints for local features to speak) that is not enough: at least
@@ -16,7 +19,12 @@ The rule, in order:
    matches no rigid model explains, can still be found by CLIP, while the chance matches a
    look-alike product collects (shared glyphs, barcodes) cannot vouch for it. It is also what
    keeps a model with meaningless similarities (random weights) from inventing products.
-3. Otherwise not found: ``confidence`` is the best CLIP similarity seen, ``bbox`` is null.
+3. Otherwise not found: ``confidence`` is the best of the geometric confidence and the CLIP
+   similarity seen, ``bbox`` is null.
+
+The one threshold (the request's ``similarity_threshold``, else ``SearchConfig``'s) thus means
+"how sure must a suggestion be": a calibrated probability for geometric matches, the CLIP cosine
+for CLIP-only matches (the reference service's meaning).
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ def decide(
     detections: Sequence[Detection],
     search: SearchConfig,
 ) -> TagMatch:
-    if geometric is not None:
+    if geometric is not None and geometric.confidence >= threshold:
         return TagMatch(
             product_id=product_id,
             found=True,
@@ -72,10 +80,11 @@ def decide(
             detected_class=detected_class(clip.bbox, detections),
             method=Method.CLIP,
         )
+    seen = [clip.similarity if clip is not None else 0.0, geometric.confidence if geometric is not None else 0.0]
     return TagMatch(
         product_id=product_id,
         found=False,
-        confidence=round(clip.similarity, 4) if clip is not None else 0.0,
+        confidence=round(max(seen), 4),
         bbox=None,
         detected_class=None,
         method=Method.NONE,

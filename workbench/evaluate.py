@@ -15,6 +15,7 @@ from streams.cli.options import Commands, offline_option, settings_from
 from streams.settings import Settings
 from streams.worker.engine import pipeline_config
 from workbench.evaluation import evaluate
+from workbench.pictures import write_pictures
 from workbench.pipeline_locator import pipeline_locator
 from workbench.pretrained import with_available_models
 
@@ -28,16 +29,27 @@ def register(commands: Commands) -> None:
         "--cases", type=Path, help="path to cases.json (default: the real photographs shipped in data/eval-sample)"
     )
     evaluate.add_argument("--json", type=Path, help="also write the full report (per case) as JSON here")
+    evaluate.add_argument(
+        "--viz", type=Path, metavar="DIR", help="write pictures of the worst cases here (source box | truth and answer)"
+    )
+    evaluate.add_argument("--viz-limit", type=int, default=24, metavar="N", help="at most N pictures (default 24)")
     offline_option(evaluate, "use random-init models even if pretrained ones exist")
     evaluate.set_defaults(handler=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
     settings, offline = with_available_models(settings_from(args))
-    return run_eval(settings, offline, args.cases or SAMPLE_CASES, args.json)
+    return run_eval(settings, offline, args.cases or SAMPLE_CASES, args.json, args.viz, args.viz_limit)
 
 
-def run_eval(settings: Settings, offline: bool, cases: Path, json_out: Path | None) -> int:
+def run_eval(
+    settings: Settings,
+    offline: bool,
+    cases: Path,
+    json_out: Path | None,
+    viz: Path | None = None,
+    viz_limit: int = 24,
+) -> int:
     if not cases.is_file():
         print(f"no evaluation cases at {cases}: pass --cases PATH/cases.json", file=sys.stderr)
         return 2
@@ -59,17 +71,25 @@ def run_eval(settings: Settings, offline: bool, cases: Path, json_out: Path | No
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=1))
         print(f"report written to {json_out}")
+    if viz is not None:
+        pictures = write_pictures(report, viz, viz_limit)
+        print(f"{len(pictures)} pictures of the worst cases written to {viz}")
     return 0
 
 
 def _summary(result: dict[str, Any]) -> str:
-    lines = [
-        f"{'sequence':24} {'boxes':>5} {'recall@.5':>9} {'mean IoU':>8} {'IoU all':>8} {'trivial':>8} {'FP rate':>8}",
-    ]
-    for name, metrics in sorted(result["per_sequence"].items()):
-        lines.append(_row(name, metrics))
-    lines.append(_row("OVERALL", result))
-    lines.append(f"seconds: {result['seconds']:.1f}")
+    header = (
+        f"{'':28} {'boxes':>5} {'recall@.5':>9} {'wrong box':>9} {'missed':>6} {'precision':>9} "
+        f"{'mean IoU':>8} {'IoU all':>8} {'trivial':>8} {'FP rate':>8}"
+    )
+    lines = ["by sequence", header]
+    lines += [_row(name, scores) for name, scores in sorted(result["per_sequence"].items())]
+    lines += ["", "by kind", header]
+    lines += [_row(name, scores) for name, scores in result["per_category"].items()]
+    for category, buckets in result["per_view_change"].items():
+        lines += ["", f"{category} by viewpoint change (degrees)", header]
+        lines += [_row(bucket, scores) for bucket, scores in buckets.items()]
+    lines += ["", header, _row("OVERALL", result), f"seconds: {result['seconds']:.1f}"]
     return "\n".join(lines)
 
 
@@ -78,6 +98,7 @@ def _row(name: str, m: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     return (
-        f"{name:24} {m['boxes']:>5} {fmt(m['recall_iou50']):>9} {fmt(m['mean_iou']):>8} "
-        f"{fmt(m['mean_iou_all']):>8} {fmt(m['trivial_baseline_iou']):>8} {fmt(m['false_positive_rate']):>8}"
+        f"{name:28} {m['boxes']:>5} {fmt(m['recall_iou50']):>9} {m['found_wrong_box']:>9} {m['not_found']:>6} "
+        f"{fmt(m['precision']):>9} {fmt(m['mean_iou']):>8} {fmt(m['mean_iou_all']):>8} "
+        f"{fmt(m['trivial_baseline_iou']):>8} {fmt(m['false_positive_rate']):>8}"
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,13 +25,18 @@ import numpy as np
 from PIL import Image
 
 from inference.geometry import GeometricVerifier, GeometryConfig, SourceFeatures, TargetFeatures
-from inference.types import BBox, RGBImage
+from inference.types import BBox, Method, RGBImage
 
 ItemKind = Literal["positive", "negative", "qualitative"]
 ProgressCallback = Callable[[int, int], None]
 """Called after every batch with (items done, items total)."""
 
 IOU_SUCCESS = 0.5
+
+Category = Literal["planar", "textured_3d", "plain_3d"]
+"""What kind of thing a box holds: a planar region (published homography), or a 3D object with or
+without texture (``kind`` of eval3d boxes)."""
+VIEW_CHANGE_BUCKETS = ((0.0, 15.0), (15.0, 30.0), (30.0, 60.0), (60.0, 90.0), (90.0, 120.0), (120.0, 180.0))
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class CaseBox:
     source_box: BBox
     target_box: BBox | None
     trivial_baseline_iou: float | None
+    category: Category = "planar"
+    view_change_deg: float | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,18 @@ class EvalItem:
     target_path: Path
     target_box: BBox | None
     trivial_baseline_iou: float | None
+    category: Category = "planar"
+    view_change_deg: float | None = None
+
+    @property
+    def view_change_bucket(self) -> str | None:
+        """``"30-60"`` and the like (degrees of viewpoint change), for per-bucket scores."""
+        if self.view_change_deg is None:
+            return None
+        for low, high in VIEW_CHANGE_BUCKETS:
+            if self.view_change_deg < high or high == VIEW_CHANGE_BUCKETS[-1][1]:
+                return f"{low:g}-{high:g}"
+        return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +114,7 @@ class EvalAnswer:
     found: bool
     bbox: BBox | None
     confidence: float
+    method: str | None = None  # which route answered (``inference.types.Method``), when the locator says
 
 
 Locator = Callable[[list[EvalQuery]], list[EvalAnswer]]
@@ -120,17 +140,32 @@ def _parse_case(raw: dict[str, Any], root: Path) -> EvalCase:
         source_path=root / str(raw["source_image"]),
         target_path=root / str(raw["target_image"]),
         has_ground_truth=has_truth,
-        boxes=tuple(_parse_box(box, has_truth) for box in raw["boxes"]),
+        boxes=tuple(_parse_box(box, has_truth, _nominal_view_change(raw)) for box in raw["boxes"]),
     )
 
 
-def _parse_box(raw: dict[str, Any], has_truth: bool) -> CaseBox:
+def _nominal_view_change(raw: dict[str, Any]) -> float | None:
+    change = raw.get("nominal_change") or {}
+    return float(change["value"]) if "viewpoint" in str(change.get("unit", "")) else None
+
+
+def _parse_box(raw: dict[str, Any], has_truth: bool, nominal_view_change: float | None) -> CaseBox:
     source = BBox(*(float(v) for v in raw["source_box"]))
     target = BBox(*(float(v) for v in raw["target_box"])) if has_truth else None
     trivial = raw.get("trivial_baseline_iou")
     if trivial is None and target is not None:
         trivial = source.iou(target)
-    return CaseBox(str(raw["box_id"]), source, target, None if trivial is None else float(trivial))
+    kind = raw.get("kind")
+    category: Category = kind if kind in ("textured_3d", "plain_3d") else "planar"
+    view_change = raw.get("viewpoint_change_deg", nominal_view_change)
+    return CaseBox(
+        str(raw["box_id"]),
+        source,
+        target,
+        None if trivial is None else float(trivial),
+        category,
+        None if view_change is None else float(view_change),
+    )
 
 
 def load_image(path: Path) -> RGBImage:
@@ -224,6 +259,8 @@ def _item(
         target_path=target_path,
         target_box=target_box,
         trivial_baseline_iou=box.trivial_baseline_iou if kind == "positive" else None,
+        category=box.category,
+        view_change_deg=box.view_change_deg if kind == "positive" else None,
     )
 
 
@@ -246,6 +283,18 @@ class ItemResult:
     def success(self) -> bool:
         return self.iou >= IOU_SUCCESS
 
+    @property
+    def found(self) -> bool:
+        return self.answer.found and self.answer.bbox is not None
+
+    @property
+    def area_ratio(self) -> float | None:
+        """Returned area over true area: above 1 an inflated box, below 1 a shrunken one."""
+        if not self.found or self.item.target_box is None or self.item.target_box.area <= 0:
+            return None
+        assert self.answer.bbox is not None
+        return self.answer.bbox.area / self.item.target_box.area
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -259,6 +308,12 @@ class Scores:
     negatives: int
     false_positives: int
     false_positive_rate: float | None
+    found_wrong_box: int = 0  # found, but IoU < 0.5: a tag in the wrong place
+    not_found: int = 0
+    # Of every box the locator answered (positives and negatives alike), the share that is right:
+    # what a user sees of the suggestions made.
+    precision: float | None = None
+    median_area_ratio: float | None = None  # returned / true area of found boxes (inflation)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -270,6 +325,10 @@ class Scores:
             "negatives": self.negatives,
             "false_positives": self.false_positives,
             "false_positive_rate": _round(self.false_positive_rate),
+            "found_wrong_box": self.found_wrong_box,
+            "not_found": self.not_found,
+            "precision": _round(self.precision),
+            "median_area_ratio": _round(self.median_area_ratio),
         }
 
 
@@ -277,9 +336,12 @@ def compute_scores(results: Iterable[ItemResult]) -> Scores:
     results = list(results)
     positives = [r for r in results if r.item.kind == "positive"]
     negatives = [r for r in results if r.item.kind == "negative"]
-    found = [r for r in positives if r.answer.found and r.answer.bbox is not None]
+    found = [r for r in positives if r.found]
     trivial = [r.item.trivial_baseline_iou for r in positives if r.item.trivial_baseline_iou is not None]
     false_positives = sum(r.answer.found for r in negatives)
+    correct = sum(r.success for r in positives)
+    answered = len(found) + false_positives
+    ratios = [ratio for r in found if (ratio := r.area_ratio) is not None]
     return Scores(
         boxes=len(positives),
         recall_iou50=_mean([float(r.success) for r in positives]),
@@ -289,6 +351,10 @@ def compute_scores(results: Iterable[ItemResult]) -> Scores:
         negatives=len(negatives),
         false_positives=false_positives,
         false_positive_rate=false_positives / len(negatives) if negatives else None,
+        found_wrong_box=len(found) - correct,
+        not_found=len(positives) - len(found),
+        precision=correct / answered if answered else None,
+        median_area_ratio=float(np.median(ratios)) if ratios else None,
     )
 
 
@@ -298,6 +364,9 @@ class EvalReport:
     per_sequence: dict[str, Scores]
     results: list[ItemResult]
     seconds: float
+    per_category: dict[str, Scores] = field(default_factory=dict)
+    per_view_change: dict[str, dict[str, Scores]] = field(default_factory=dict)
+    """Category -> viewpoint-change bucket ("30-60") -> scores (boxes with a known view change)."""
 
     @property
     def cases(self) -> list[dict[str, Any]]:
@@ -311,6 +380,11 @@ class EvalReport:
             "false_positive_rate": overall.pop("false_positive_rate"),
             **overall,
             "per_sequence": {key: metrics.to_json() for key, metrics in self.per_sequence.items()},
+            "per_category": {key: metrics.to_json() for key, metrics in self.per_category.items()},
+            "per_view_change": {
+                category: {bucket: metrics.to_json() for bucket, metrics in buckets.items()}
+                for category, buckets in self.per_view_change.items()
+            },
             "cases": self.cases,
             "qualitative": [_result_row(r) for r in self.results if r.item.kind == "qualitative"],
             "seconds": round(self.seconds, 3),
@@ -346,12 +420,16 @@ def _result_row(result: ItemResult) -> dict[str, Any]:
         "found": result.answer.found,
         "confidence": round(result.answer.confidence, 4),
         "bbox": _box_json(result.answer.bbox),
+        "method": result.answer.method,
     }
     if result.item.kind == "positive":
         row.update(
             iou=round(result.iou, 4),
             target_box=_box_json(result.item.target_box),
             trivial_baseline_iou=_round(result.item.trivial_baseline_iou),
+            category=result.item.category,
+            view_change_deg=result.item.view_change_deg,
+            area_ratio=_round(result.area_ratio),
         )
     return row
 
@@ -402,6 +480,8 @@ class Evaluator:
             per_sequence=_per_sequence(results),
             results=results,
             seconds=time.perf_counter() - started,
+            per_category=_per_category(results),
+            per_view_change=_per_view_change(results),
         )
 
     def _batches(self, items: Sequence[EvalItem]) -> list[list[EvalItem]]:
@@ -430,6 +510,28 @@ def _per_sequence(results: Sequence[ItemResult]) -> dict[str, Scores]:
         if result.item.kind != "qualitative":
             groups.setdefault(result.item.sequence, []).append(result)
     return {key: compute_scores(group) for key, group in groups.items()}
+
+
+def _per_category(results: Sequence[ItemResult]) -> dict[str, Scores]:
+    """Negatives count for the category of their source box, like per sequence."""
+    groups: dict[str, list[ItemResult]] = {}
+    for result in results:
+        if result.item.kind != "qualitative":
+            groups.setdefault(result.item.category, []).append(result)
+    return {key: compute_scores(group) for key, group in sorted(groups.items())}
+
+
+def _per_view_change(results: Sequence[ItemResult]) -> dict[str, dict[str, Scores]]:
+    groups: dict[str, dict[str, list[ItemResult]]] = {}
+    for result in results:
+        bucket = result.item.view_change_bucket
+        if result.item.kind == "positive" and bucket is not None:
+            groups.setdefault(result.item.category, {}).setdefault(bucket, []).append(result)
+    order = [f"{low:g}-{high:g}" for low, high in VIEW_CHANGE_BUCKETS]
+    return {
+        category: {bucket: compute_scores(buckets[bucket]) for bucket in order if bucket in buckets}
+        for category, buckets in sorted(groups.items())
+    }
 
 
 def _query(item: EvalItem, images: ImageStore) -> EvalQuery:
@@ -468,9 +570,11 @@ def geometric_locator(config: GeometryConfig | None = None) -> Locator:
                 sources[source_key] = verifier.source_features(query.source_image, query.source_box)
             match = verifier.verify(sources[source_key], targets[query.target_key], query.source_box)
             if match is None:
-                answers.append(EvalAnswer(found=False, bbox=None, confidence=0.0))
+                answers.append(EvalAnswer(found=False, bbox=None, confidence=0.0, method=Method.NONE.value))
             else:
-                answers.append(EvalAnswer(found=True, bbox=match.bbox, confidence=match.confidence))
+                answers.append(
+                    EvalAnswer(found=True, bbox=match.bbox, confidence=match.confidence, method=Method.GEOMETRIC.value)
+                )
         return answers
 
     return locate

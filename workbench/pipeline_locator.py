@@ -22,10 +22,8 @@ def pipeline_locator(pipeline: Pipeline) -> Locator:
         (result,) = pipeline.run([request])
         matches = {m.product_id: m for m in result.matches}
         return [
-            EvalAnswer(
-                found=matches[q.item_id].found, bbox=matches[q.item_id].bbox, confidence=matches[q.item_id].confidence
-            )
-            for q in queries
+            EvalAnswer(found=match.found, bbox=match.bbox, confidence=match.confidence, method=match.method.value)
+            for match in (matches[q.item_id] for q in queries)
         ]
 
     return locate

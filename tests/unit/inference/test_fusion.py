@@ -14,6 +14,13 @@ def test_geometry_wins_and_corrects_the_clip_box() -> None:
     assert (match.found, match.bbox, match.method) == (True, BOX, "geometric")
 
 
+def test_an_unsure_geometric_match_is_not_suggested_but_its_confidence_is_told() -> None:
+    match = decide("p", 0.75, None, GeometricEvidence(BOX, 0.6), True, [], SEARCH)
+    assert (match.found, match.bbox, match.method) == (False, None, "none")
+    assert match.confidence == pytest.approx(0.6)
+    assert decide("p", 0.5, None, GeometricEvidence(BOX, 0.6), True, [], SEARCH).found
+
+
 def test_clip_alone_needs_threshold_and_standout() -> None:
     assert decide("p", 0.75, ClipEvidence(BOX, 0.8, 5.0), None, False, [], SEARCH).found
     assert not decide("p", 0.75, ClipEvidence(BOX, 0.8, 1.0), None, False, [], SEARCH).found

@@ -20,6 +20,7 @@ from inference.geometry import (
     TargetFeatures,
     _is_convex_same_orientation,
     _project,
+    match_confidence,
 )
 from inference.types import BBox, RGBImage
 from workbench.evaluation import EvalCase, load_cases, load_image
@@ -77,6 +78,48 @@ def test_recovers_a_known_homography_on_a_downscaled_target() -> None:
     assert np.abs(match.quad - expected).max() < 6.0
     assert 0.5 < match.confidence <= 1.0
     assert match.inliers >= verifier.config.min_inliers
+
+
+def _object_on_plain_ground(angle: float, centre: tuple[float, float]) -> tuple[RGBImage, BBox]:
+    """A textured 150 px square turned by ``angle`` degrees on a flat background, and its axis-aligned box."""
+    product = _textured_image(150, 150, seed=7)
+    scene = np.full((480, 640, 3), 90, np.uint8)
+    rotation = cv2.getRotationMatrix2D((75.0, 75.0), angle, 1.0)
+    rotation[:, 2] += np.array(centre) - 75.0
+    warped = cv2.warpAffine(product, rotation, (640, 480), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpAffine(np.full((150, 150), 255, np.uint8), rotation, (640, 480), flags=cv2.INTER_NEAREST) > 0
+    scene[mask] = warped[mask]
+    ys, xs = np.nonzero(mask)
+    return scene, BBox.from_xyxy(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+
+
+def test_a_turned_product_gets_the_box_the_evidence_supports_not_the_turned_source_box() -> None:
+    """The source box of a product photographed at 30 degrees holds background in its corners.
+
+    Projecting the whole box would answer 3.5 times the product's area (IoU 0.29); the answered
+    box covers what the box and the evidence vouch for: half that, and right (IoU > 0.5). It is
+    not tight: the ellipse inscribed in the source box, the shape prior, reaches past a turned
+    square's sides.
+    """
+    source, source_box = _object_on_plain_ground(30.0, (220.0, 230.0))
+    target, truth = _object_on_plain_ground(0.0, (420.0, 250.0))
+
+    match = VERIFIER.verify(VERIFIER.source_features(source, source_box), VERIFIER.target_features(target), source_box)
+
+    assert match is not None
+    projected = BBox.from_xyxy(*match.quad.min(axis=0), *match.quad.max(axis=0))
+    assert projected.area > 3 * truth.area  # what projecting the whole box would have answered
+    assert match.bbox.area < 0.6 * projected.area
+    assert match.bbox.iou(truth) > 0.5 > projected.iou(truth)
+    assert match.confidence > 0.9
+
+
+def test_confidence_grows_with_the_evidence() -> None:
+    config = GeometryConfig()
+    low, high = match_confidence(10, 0.3, 0.05, config), match_confidence(10, 0.3, 0.6, config)
+    assert 0.0 < low < 0.75 < high < 1.0  # a patch of 5% of the box is below the default threshold
+    assert match_confidence(40, 0.3, 0.3, config) >= match_confidence(10, 0.3, 0.3, config)
+    assert match_confidence(10, 0.9, 0.3, config) >= match_confidence(10, 0.2, 0.3, config)
 
 
 def test_unrelated_texture_is_not_found() -> None:
@@ -245,9 +288,11 @@ def _verify(source_path: Path, box: BBox, target_path: Path) -> GeometricMatch |
 
 
 # Floors leave room below the measured IoU; adam's ground truth is the hull of the projected poster
-# quad, smaller than the hull of the projected source box, which caps its IoU near 0.8.
+# quad, smaller than the hull of the projected source box, which caps its IoU near 0.8. The graf
+# cells measure 0.80 and 0.77 at worst: the answered box covers what the inliers vouch for, and
+# their hull leaves out the weakly textured corner of one cell.
 POSITIVE_FLOORS = {
-    "oxford/graf/1to2": 0.85,
+    "oxford/graf/1to2": 0.75,
     "oxford/graf/1to4": 0.7,
     "oxford/boat/1to4": 0.8,
     "oxford/leuven/1to4": 0.85,

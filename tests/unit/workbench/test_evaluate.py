@@ -42,3 +42,6 @@ def test_eval_reports_required_keys_floors_and_no_false_positive(
     assert report["negatives"] > 0 and report["false_positive_rate"] == 0.0
     for name, metrics in report["per_sequence"].items():
         assert metrics["mean_iou_all"] > metrics["trivial_baseline_iou"], name
+    rows = [row for case in report["cases"] for row in case["box_results"]]
+    assert {row["method"] for row in rows if row["found"]} == {"geometric"}
+    assert {row["method"] for row in rows if not row["found"]} <= {"none"}

@@ -26,6 +26,7 @@ from workbench.evaluation import (
     positive_items,
     qualitative_items,
 )
+from workbench.pictures import write_pictures
 
 TOP_LEVEL_KEYS = {"recall_iou50", "mean_iou", "false_positive_rate", "per_sequence", "cases", "seconds"}
 
@@ -178,6 +179,58 @@ def test_report_json_shape(small_cases: Path) -> None:
     assert row["false_positive_ids"] == ["neg:a/1to2:x->b/pair", "neg:a/1to2:y->b/pair"]
     assert [q["box_id"] for q in data["qualitative"]] == ["w"]
     assert data["per_sequence"]["set/a"]["boxes"] == 4
+
+
+def test_wrong_boxes_misses_precision_and_kinds_are_told_apart(tmp_path: Path) -> None:
+    """A 3D set: per kind and per viewpoint-change bucket, a wrong box is not a miss, and precision counts both."""
+    for name in ("s", "t1", "t2", "u"):
+        _write_png(tmp_path / f"{name}.png", (64, 48))
+    near = {"box_id": "near", "kind": "textured_3d", "viewpoint_change_deg": 10.0}
+    turned = {"box_id": "turned", "kind": "textured_3d", "viewpoint_change_deg": 70.0}
+    plain = {"box_id": "plain", "kind": "plain_3d", "viewpoint_change_deg": 20.0}
+    for box in (near, turned, plain):
+        box.update(source_box=[10, 10, 20, 20], target_box=[10, 10, 20, 20])
+    cases = [
+        _case("o/1", "objects", "o", "s.png", "t1.png", [near, turned]),
+        _case("o/2", "objects", "o", "s.png", "t2.png", [plain]),
+        _case("p/1", "other", "p", "u.png", "u.png", []),
+    ]
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps({"cases": cases}))
+
+    def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
+        """Right on 'near', 16 px off (IoU 0.11) on 'turned', nothing on 'plain' nor on the negatives."""
+        answers = []
+        for query in queries:
+            box = {"pos:o/1:near": BBox(10, 10, 20, 20), "pos:o/1:turned": BBox(26, 10, 20, 20)}.get(query.item_id)
+            answers.append(EvalAnswer(found=box is not None, bbox=box, confidence=0.9))
+        return answers
+
+    report = evaluate(path, locate).to_json()
+
+    textured = report["per_category"]["textured_3d"]
+    assert (textured["boxes"], textured["found_wrong_box"], textured["not_found"]) == (2, 1, 0)
+    assert textured["precision"] == 0.5 and textured["recall_iou50"] == 0.5
+    assert report["per_category"]["plain_3d"]["not_found"] == 1
+    buckets = report["per_view_change"]["textured_3d"]
+    assert list(buckets) == ["0-15", "60-90"] and buckets["60-90"]["found_wrong_box"] == 1
+    rows = {row["box_id"]: row for case in report["cases"] for row in case["box_results"]}
+    assert rows["turned"]["category"] == "textured_3d" and rows["turned"]["view_change_deg"] == 70.0
+    assert rows["turned"]["area_ratio"] == 1.0
+    assert report["precision"] == 0.5
+
+
+def test_pictures_show_the_worst_cases_first(small_cases: Path, tmp_path: Path) -> None:
+    report = evaluate(small_cases, _source_box)
+    (tmp_path / "viz" / "99-stale-from-an-earlier-run.png").parent.mkdir()
+    (tmp_path / "viz" / "99-stale-from-an-earlier-run.png").write_bytes(b"old")
+
+    written = write_pictures(report, tmp_path / "viz", limit=3)
+
+    assert [p.name.split("-", 2)[1] for p in written] == ["wrong", "wrong", "false"]
+    assert sorted(p.name for p in (tmp_path / "viz").iterdir()) == sorted(p.name for p in written)
+    with Image.open(written[0]) as picture:
+        assert picture.width > picture.height > 0
 
 
 def test_batches_share_a_target_and_progress_is_reported(small_cases: Path) -> None:
