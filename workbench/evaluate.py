@@ -14,13 +14,10 @@ from inference.pipeline import Pipeline
 from streams.cli.options import Commands, offline_option, settings_from
 from streams.settings import Settings
 from streams.worker.engine import pipeline_config
-from workbench.evaluation import evaluate
+from workbench.evaluation import SAMPLE_CASES, evaluate
 from workbench.pictures import write_pictures
 from workbench.pipeline_locator import pipeline_locator
 from workbench.pretrained import with_available_models
-
-SAMPLE_CASES = Path(__file__).resolve().parents[1] / "data" / "eval-sample" / "cases.json"
-"""Real photographs that ship with the repository: a few eval-dev cases (see its SOURCES.md)."""
 
 
 def register(commands: Commands) -> None:

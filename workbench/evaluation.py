@@ -33,6 +33,9 @@ ProgressCallback = Callable[[int, int], None]
 
 IOU_SUCCESS = 0.5
 
+SAMPLE_CASES = Path(__file__).resolve().parents[1] / "data" / "eval-sample" / "cases.json"
+"""Real photographs that ship with the repository: a few eval-dev cases (see its SOURCES.md)."""
+
 Category = Literal["planar", "textured_3d", "plain_3d"]
 """What kind of thing a box holds: a planar region (published homography), or a 3D object with or
 without texture (``kind`` of eval3d boxes)."""

@@ -6,7 +6,11 @@ then an ultra-fine 2 px refinement around the best; every crop is cut from a PIL
 embedded with CLIP, and all of it is redone for every tag. Where the guide is silent we chose
 the cheaper reading: fine search = 3x3 positions within +-0.375 of the box size per scale
 (90 crops for 2 candidates); ultra-fine = 5x5 offsets of 2 px (25 crops). About 275 crops per tag.
-Used only by ``tagstream bench`` so the speed-up is measured, not assumed.
+
+Two paths are measured, because the service's cost depends on how soon it stops: ``full_search``
+runs coarse, fine and ultra-fine search for every tag (its full path); without it every tag stops
+after the coarse grid (its best path, the least work it ever does for a tag: detections plus
+~50-150 windows). Used only by ``tagstream bench`` so the speed-up is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -32,9 +36,17 @@ ULTRA_OFFSETS = (-4.0, -2.0, 0.0, 2.0, 4.0)
 
 class ReferenceMatcher:
     def __init__(
-        self, detector: Detector, embedder: Embedder, threshold: float = 0.75, confidence: float = 0.10
+        self,
+        detector: Detector,
+        embedder: Embedder,
+        threshold: float = 0.75,
+        confidence: float = 0.10,
+        *,
+        full_search: bool = True,
     ) -> None:
         self.detector = detector
+        self.full_search = full_search
+        self.crops = 0  # crops embedded so far, for the bench report
         self.embedder = embedder
         self.threshold = threshold
         self.confidence = confidence
@@ -69,6 +81,8 @@ class ReferenceMatcher:
         candidates = detection_boxes(detections, 0.1, width, height)
         candidates += sliding_windows((box.width, box.height), 0.5, COARSE_MAX, width, height)
         scores = self._embed(target, candidates, clock) @ query
+        if not self.full_search:
+            return self._answer(product_id, candidates, scores, detections)
         top = torch.topk(scores, min(2, len(candidates))).indices.tolist()
         fine = [
             BBox(
@@ -90,8 +104,12 @@ class ReferenceMatcher:
             BBox(best.x + dx, best.y + dy, best.width, best.height) for dx in ULTRA_OFFSETS for dy in ULTRA_OFFSETS
         ]
         ultra_scores = self._embed(target, ultra, clock) @ query
-        all_boxes = pool + ultra
-        all_scores = torch.cat([pool_scores, ultra_scores])
+        return self._answer(product_id, pool + ultra, torch.cat([pool_scores, ultra_scores]), detections)
+
+    def _answer(
+        self, product_id: str, all_boxes: list[BBox], all_scores: torch.Tensor, detections: list[Detection]
+    ) -> TagMatch:
+        """The best-scoring box, found when it reaches the threshold."""
         index = int(torch.argmax(all_scores))
         score = float(all_scores[index])
         found = score >= self.threshold
@@ -108,6 +126,7 @@ class ReferenceMatcher:
     def _embed(self, image: Image.Image, boxes: list[BBox], clock: StageClock) -> torch.Tensor:
         """One PIL crop and resize per box, as the reference did, then one batched forward."""
         size = self.embedder.input_size
+        self.crops += len(boxes)
         with clock.stage("crop"):
             arrays: list[RGBImage] = [
                 np.asarray(

@@ -142,6 +142,24 @@ def test_features_are_in_original_coordinates() -> None:
     assert (x >= box.x).all() and (x <= box.x2).all() and (y >= box.y).all() and (y <= box.y2).all()
 
 
+def test_source_views_computed_side_by_side_equal_one_after_another() -> None:
+    image, box = _textured_image(640, 480, seed=5), BBox(150, 100, 300, 220)
+    one = GeometricVerifier(threads=1).source_features(image, box)
+    two = GeometricVerifier(threads=2).source_features(image, box)
+    assert np.array_equal(one.keypoints, two.keypoints)
+    assert np.array_equal(one.descriptors, two.descriptors)
+
+
+def test_each_tilted_view_keeps_at_most_its_keypoint_budget() -> None:
+    image, box = _textured_image(640, 480, seed=6), BBox(150, 100, 300, 220)
+    frontal_only = GeometricVerifier(GeometryConfig(source_tilts=())).source_features(image, box)
+    config = GeometryConfig(max_tilted_view_keypoints=5)
+    budgeted = GeometricVerifier(config).source_features(image, box)
+    views = sum(len(np.arange(0.0, 180.0, 72.0 / tilt)) for tilt in config.source_tilts)
+    assert views == 17
+    assert len(frontal_only.keypoints) < len(budgeted.keypoints) <= len(frontal_only.keypoints) + 5 * views
+
+
 def test_quad_rules_reject_bow_ties_mirrors_and_darts() -> None:
     rectangle = _corners(BBox(0, 0, 10, 10))
     assert _is_convex_same_orientation(rectangle + 3.0, rectangle)

@@ -1,0 +1,80 @@
+"""The inference bench on real photographs: its inputs, both reference paths and what it reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference.config import ModelConfig, PipelineConfig
+from inference.pipeline import Pipeline
+from workbench.benchmark import (
+    BenchUpload,
+    full_decoder,
+    photo_uploads,
+    run_strategy,
+    worker_decoder,
+)
+from workbench.evaluation import SAMPLE_CASES, load_cases
+from workbench.reference import ReferenceMatcher
+
+
+@pytest.fixture(scope="module")
+def pipeline(cache_dir: Path) -> Pipeline:
+    models = cache_dir / "models"
+    config = PipelineConfig(
+        models=ModelConfig(detector=str(models / "yolo26n-random.pt"), embedder=str(models / "clip-tiny-random"))
+    )
+    return Pipeline.load(config)
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[BenchUpload]:
+    return photo_uploads(SAMPLE_CASES)
+
+
+def test_every_case_with_boxes_is_one_upload_carrying_its_source_photo_and_boxes(photos: list[BenchUpload]) -> None:
+    cases = [case for case in load_cases(SAMPLE_CASES) if case.boxes]
+
+    assert [upload.name for upload in photos] == [case.case_id for case in cases]
+    for upload, case in zip(photos, cases, strict=True):
+        ((key, data, tags),) = upload.sources
+        assert key == str(case.source_path) and data == case.source_path.read_bytes()
+        assert [tag.bbox for tag in tags] == [box.source_box for box in case.boxes]
+        assert upload.target == case.target_path.read_bytes()
+
+
+def test_the_worker_decoder_reduces_large_photos_and_remembers_the_scale(photos: list[BenchUpload]) -> None:
+    data = photos[0].target
+    full = full_decoder(data)
+    reduced = worker_decoder(max(full.pixels.shape[:2]) // 2)(data)
+
+    assert full.scale == 1.0
+    assert max(reduced.pixels.shape[:2]) == max(full.pixels.shape[:2]) // 2
+    assert reduced.scale == pytest.approx(0.5, abs=0.01)
+    assert (reduced.original_width, reduced.original_height) == (full.original_width, full.original_height)
+
+
+def test_the_reference_best_path_stops_after_the_coarse_grid(pipeline: Pipeline, photos: list[BenchUpload]) -> None:
+    upload = photos[:1]
+    best = ReferenceMatcher(pipeline.detector, pipeline.embedder, full_search=False)
+    full = ReferenceMatcher(pipeline.detector, pipeline.embedder, full_search=True)
+
+    best_run = run_strategy(best.run, upload, full_decoder, 1, lambda: best.crops)
+    full_run = run_strategy(full.run, upload, full_decoder, 1, lambda: full.crops)
+
+    tags = len(upload[0].sources[0][2])
+    # Full search adds 90 fine and 25 ultra-fine crops per tag to the same coarse pass.
+    assert full_run.crops == best_run.crops + tags * (90 + 25)
+    assert best_run.crops is not None and best_run.crops > tags  # a query crop and its candidates per tag
+
+
+def test_a_run_reports_throughput_latency_percentiles_and_stages(pipeline: Pipeline, photos: list[BenchUpload]) -> None:
+    run = run_strategy(pipeline.run, photos[:3], worker_decoder(2048), 2)
+    report = run.to_json()
+
+    assert run.uploads == 3 and len(run.latencies) == 3
+    assert run.latencies[0] == run.latencies[1]  # one batch: both uploads waited for all of it
+    assert report["uploads_per_s"] > 0
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p95"]
+    assert {"fetch_decode", "detect", "verify"} <= set(report["stage_ms_per_upload"])
