@@ -10,6 +10,9 @@ from inference.config import ModelConfig, PipelineConfig
 from inference.pipeline import Pipeline
 from workbench.benchmark import (
     BenchUpload,
+    StrategyRun,
+    _same_uploads_ratio,
+    _spread,
     full_decoder,
     photo_uploads,
     run_strategy,
@@ -78,3 +81,17 @@ def test_a_run_reports_throughput_latency_percentiles_and_stages(pipeline: Pipel
     assert report["uploads_per_s"] > 0
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p95"]
     assert {"fetch_decode", "detect", "verify"} <= set(report["stage_ms_per_upload"])
+
+
+def test_reference_uploads_are_spread_over_the_set_and_nested() -> None:
+    assert _spread(2, 23) == [0, 22]
+    assert _spread(4, 23) == [0, 7, 15, 22]
+    assert set(_spread(2, 23)) <= set(_spread(4, 23))
+    assert _spread(5, 3) == [0, 1, 2]
+
+
+def test_speedup_is_taken_on_the_uploads_both_strategies_ran() -> None:
+    one_by_one = StrategyRun(3, 6.0, [1.0, 2.0, 3.0])
+    reference = StrategyRun(2, 40.0, [10.0, 30.0])
+
+    assert _same_uploads_ratio(one_by_one, reference, [0, 2]) == 10.0  # 40 s against 1 + 3 s
