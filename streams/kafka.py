@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
 from schemas import IMAGE_UPLOADED, DecodeError, decode, encode
 
@@ -86,6 +87,34 @@ class UploadProducer:
         value = encode(IMAGE_UPLOADED, completed)
         await self._producer.send_and_wait(self._topic, value, key=completed["upload_id"].encode())
         return completed
+
+
+async def ensure_topics(broker: str, names: Iterable[str], partitions: int, replication: int) -> list[str]:
+    """Create those of ``names`` that do not exist yet; returns the ones this call created.
+
+    Apache Kafka creates no topic for a consumer, and aiokafka notices a topic created after it
+    subscribed only at its next metadata refresh (5 minutes by default): a worker started before
+    its uploads topic existed would sit idle, and report itself ready, until then. Tansu creates
+    topics on first use, where this changes nothing. Another worker creating the same topic at
+    the same moment is not an error.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(broker))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in dict.fromkeys(names) if name not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics([NewTopic(name, partitions, replication) for name in missing])
+    finally:
+        await admin.close()
+    created = []
+    for topic, code, *_ in response.topic_errors:
+        if code == 0:
+            created.append(topic)
+        elif code != TopicAlreadyExistsError.errno:
+            raise for_code(code)(f"cannot create topic {topic!r}")
+    return created
 
 
 async def produce_uploads(broker: str, topic: str, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -30,6 +30,12 @@ class TopicSettings(BaseModel):
         "image-uploaded.dlq", description="Dead-letter topic: every event that could not be processed, with its reason."
     )
     partitions: int = Field(1, description="Partitions used when the worker creates missing topics.")
+    replication: int = Field(
+        1,
+        ge=1,
+        description="Replication factor of the topics the worker creates (its output and Faust's internal ones); on a "
+        "cluster set it to the uploads topic's, or losing one broker makes them unavailable.",
+    )
 
 
 class FetchSettings(BaseModel):

@@ -27,7 +27,7 @@ def create_app(settings: Settings, middlewares: Sequence[Middleware] = ()) -> fa
         broker_commit_every=settings.max_batch,
         broker_commit_interval=1.0,
         topic_partitions=settings.topics.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topics.replication,
         # The web server carries the HTTP API, health, readiness and metrics (streams.worker.web).
         web_enabled=True,
         web_bind=settings.web_host,

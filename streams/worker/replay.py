@@ -33,9 +33,11 @@ from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from streams.kafka import PartitionRange, bootstrap_servers, read_ranges, topic_partitions
 from streams.settings import Settings
@@ -95,7 +97,7 @@ async def check_group_idle(settings: Settings, group: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.broker))
     await admin.start()
     try:
-        responses = await admin.describe_consumer_groups([group])
+        responses = await _describe_group(admin, group)
     finally:
         await admin.close()
     # Each group is (error_code, group_id, state, protocol_type, protocol, members, ...) in every
@@ -103,6 +105,23 @@ async def check_group_idle(settings: Settings, group: str) -> None:
     members = [member for response in responses for entry in response.groups for member in entry[5]]
     if members:
         raise ReplayRefused(f"group {group!r} has {len(members)} active member(s); stop them or pick another --group")
+
+
+async def _describe_group(admin: AIOKafkaAdminClient, group: str, attempts: int = 20) -> list[Any]:
+    """DescribeGroups, retried while the broker says it is not ready yet.
+
+    A fresh Apache Kafka cluster creates its offsets topic on the first group request and
+    answers "coordinator not available" until it exists (a few seconds); that is not a refusal.
+    """
+    attempt = 1
+    while True:
+        try:
+            return list(await admin.describe_consumer_groups([group]))
+        except KafkaError as error:
+            if not error.retriable or attempt >= attempts:
+                raise
+        attempt += 1
+        await asyncio.sleep(0.5)
 
 
 async def replay(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import faust
 
-from streams.kafka import wait_for_broker
+from streams.kafka import ensure_topics, wait_for_broker
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.worker.agent import SuggestAgent
@@ -135,9 +135,20 @@ def run_worker(settings: Settings) -> None:
     asyncio.set_event_loop(loop)
     try:
         loop.run_until_complete(wait_for_broker(settings.broker, _broker_unavailable))
+        topics = settings.topics
+        created = loop.run_until_complete(
+            ensure_topics(
+                settings.broker,
+                [topics.uploads, topics.suggestions, topics.dead_letters],
+                topics.partitions,
+                topics.replication,
+            )
+        )
     except KeyboardInterrupt:
         loop.close()
         return  # stopped while waiting: nothing was consumed, nothing to hand back
+    if created:
+        log.info("created topics %s (%d partitions, replication %d)", created, topics.partitions, topics.replication)
     fatal = FatalStop()
     app = build_worker_app(settings, fatal)
     # Logging is the CLI's (streams.logs): mode's worker would replace it with its own format.
