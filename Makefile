@@ -8,7 +8,7 @@ export UV_CACHE_DIR
 # Hard links need the cache and the venv on one filesystem; copying always works.
 export UV_LINK_MODE ?= copy
 
-.PHONY: install run test soak lint typecheck check clean
+.PHONY: install run test test-kafka soak lint typecheck check clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user "uv>=0.5"
@@ -24,6 +24,12 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# The broker-facing tests (tests/e2e) again on Apache Kafka 4.4 instead of the embedded Tansu, plus
+# the tests only Kafka can host (scale-out, broker restart). Needs Java 17+ and Maven: the broker's
+# jars come from Maven Central on first use and are cached in ~/.cache/tagstream. CI runs both.
+test-kafka: install
+	TAGSTREAM_TEST_BROKER=kafka $(PY) -m pytest tests/e2e
 
 # Bounded soak (not in `make test`): SOAK_EVENTS (default 10000) and SOAK_RATE (events/s, default 25).
 soak: install

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real embedded broker, offline models, served demo images, worker processes."""
+"""Shared fixtures: a real broker (embedded Tansu, or Apache Kafka with ``TAGSTREAM_TEST_BROKER=kafka``),
+a real PostgreSQL, offline models, served demo images, worker processes."""
 
 from __future__ import annotations
 
@@ -7,17 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.brokers import Broker, new_broker
 from support.processes import WorkerFactory
 
-from streams.broker import EmbeddedBroker
 from workbench.image_server import ImageServer
 from workbench.scenes import DemoSet, make_demo_set
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    log = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker(log_path=log) as running:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    with new_broker(tmp_path_factory.mktemp("broker")) as running:
         yield running
 
 
@@ -92,7 +92,7 @@ def image_server(demo_set: DemoSet, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
-def workers(broker: EmbeddedBroker, cache_dir: Path, tmp_path: Path) -> Iterator[WorkerFactory]:
+def workers(broker: Broker, cache_dir: Path, tmp_path: Path) -> Iterator[WorkerFactory]:
     factory = WorkerFactory(broker, cache_dir, tmp_path)
     yield factory
     for worker in factory.started:

@@ -9,7 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import free_port
+from support.brokers import Broker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +52,7 @@ def start_cli(command: str, environment: dict[str, str], log: Path) -> WorkerPro
 class WorkerFactory:
     """Starts ``tagstream worker`` processes against the session broker with offline models."""
 
-    def __init__(self, broker: EmbeddedBroker, cache_dir: Path, log_dir: Path) -> None:
+    def __init__(self, broker: Broker, cache_dir: Path, log_dir: Path) -> None:
         self._broker = broker
         self._cache_dir = cache_dir
         self._log_dir = log_dir

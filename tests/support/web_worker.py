@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import free_port
+from support.brokers import Broker
 from support.processes import WorkerFactory, WorkerProcess
 
 
@@ -71,7 +72,7 @@ def start_web_worker(factory: WorkerFactory, name: str, **env: str) -> WebWorker
 
 
 @contextmanager
-def worker_factory(broker: EmbeddedBroker, cache_dir: Path, log_dir: Path) -> Iterator[WorkerFactory]:
+def worker_factory(broker: Broker, cache_dir: Path, log_dir: Path) -> Iterator[WorkerFactory]:
     """A factory whose workers outlive one test (module-scoped fixtures), stopped on exit."""
     factory = WorkerFactory(broker, cache_dir, log_dir)
     try:

@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from PIL import Image
+from support.brokers import Broker
 from support.processes import WorkerFactory
 from support.streams import collect
 
 from schemas import IMAGE_UPLOADED, encode
-from streams.broker import EmbeddedBroker
 from streams.kafka import complete_upload
 from workbench.image_server import ImageServer
 
@@ -106,9 +106,7 @@ async def _produce_steadily(broker: str, messages: list[tuple[bytes, bytes, str 
     return time.monotonic() - started
 
 
-def test_soak(
-    broker: EmbeddedBroker, workers: WorkerFactory, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_soak(broker: Broker, workers: WorkerFactory, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     n = int(os.environ.get("SOAK_EVENTS", "10000"))
     rate = float(os.environ.get("SOAK_RATE", "25"))
     images = tmp_path / "images"

@@ -1,16 +1,20 @@
-"""Plain aiokafka helpers against a real embedded broker."""
+"""Plain aiokafka helpers against a real broker."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
-from streams.broker import EmbeddedBroker
-from streams.kafka import wait_for_broker
+from aiokafka import AIOKafkaProducer
+from support.brokers import Broker, new_broker
+from support.streams import create_topics
+
+from streams.kafka import ensure_topics, wait_for_broker
 
 
 def test_wait_for_broker_retries_until_the_broker_comes_up(tmp_path: Path) -> None:
-    broker = EmbeddedBroker(log_path=tmp_path / "late-tansu.log")  # its port is chosen, nobody listens yet
+    broker = new_broker(tmp_path, "late")  # its port is chosen, nobody listens yet
     retries: list[float] = []
 
     async def scenario() -> None:
@@ -28,3 +32,24 @@ def test_wait_for_broker_retries_until_the_broker_comes_up(tmp_path: Path) -> No
     finally:
         broker.stop()
     assert retries[:3] == [0.5, 1.0, 1.0]  # doubling, capped at max_delay_s
+
+
+def test_ensure_topics_creates_only_the_missing_ones(broker: Broker) -> None:
+    existing, missing = f"ensure-{uuid.uuid4().hex[:8]}-a", f"ensure-{uuid.uuid4().hex[:8]}-b"
+    create_topics(broker, [existing], partitions=1)
+
+    created = asyncio.run(ensure_topics(broker.url, [existing, missing, missing], partitions=3, replication=1))
+    again = asyncio.run(ensure_topics(broker.url, [existing, missing], partitions=3, replication=1))
+
+    assert created == [missing]
+    assert again == []
+    assert len(asyncio.run(_partitions(broker, missing))) == 3
+
+
+async def _partitions(broker: Broker, topic: str) -> set[int]:
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        return set(await producer.partitions_for(topic))
+    finally:
+        await producer.stop()

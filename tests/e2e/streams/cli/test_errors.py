@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.brokers import Broker
 
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import free_port
 from streams.cli.main import main
 
 
@@ -18,7 +19,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 
 def test_produce_names_the_line_that_is_not_json(
-    broker: EmbeddedBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     events = tmp_path / "events.jsonl"
     events.write_text('{"upload_id": "u-1", "target_image_url": "http://a/b.png", "sources": []}\n{"upload_id": \n')
@@ -30,7 +31,7 @@ def test_produce_names_the_line_that_is_not_json(
 
 
 def test_produce_names_the_line_that_is_no_upload_event(
-    broker: EmbeddedBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     events = tmp_path / "events.jsonl"
     events.write_text('{"upload_id": "u-1", "sources": []}\n')
@@ -66,7 +67,7 @@ def test_a_wrong_broker_is_one_line(command: str, tmp_path: Path, capsys: pytest
     assert err.startswith("tagstream: cannot reach the Kafka broker (") and "\n" not in err
 
 
-def test_tail_of_a_topic_that_does_not_exist(broker: EmbeddedBroker, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tail_of_a_topic_that_does_not_exist(broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
     status, err = _run(["tail", "--broker", broker.url, "--topic", "cli-errors-no-such-topic"], capsys)
 
     assert status == 2

@@ -19,14 +19,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer
+from support.brokers import Broker
 from support.processes import WorkerFactory, WorkerProcess, start_cli
-from support.streams import collect, create_topics, upload_records, wait_for
+from support.streams import collect, committed_offset, create_topics, upload_records, wait_for
 
 from schemas import TAG_SUGGESTIONS, encode
-from streams.broker import EmbeddedBroker
 from streams.events import suggestion_event_id
-from streams.kafka import produce_raw, produce_uploads, topic_partitions
+from streams.kafka import produce_raw, produce_uploads
 from streams.productdb.db import ProductDB, StoredSuggestion
 from workbench.image_server import ImageServer
 from workbench.scenes import DemoSet
@@ -43,7 +42,7 @@ class Topics:
     sink_group: str
 
     @classmethod
-    def create(cls, broker: EmbeddedBroker, name: str) -> Topics:
+    def create(cls, broker: Broker, name: str) -> Topics:
         """Fresh topics of one partition each, created up front as in production (no auto-creation race)."""
         prefix = f"{name}-{uuid.uuid4().hex[:8]}"
         topics = cls(
@@ -59,7 +58,7 @@ class Topics:
 
 
 class SinkFactory:
-    def __init__(self, broker: EmbeddedBroker, log_dir: Path) -> None:
+    def __init__(self, broker: Broker, log_dir: Path) -> None:
         self._broker = broker
         self._log_dir = log_dir
         self.started: list[WorkerProcess] = []
@@ -81,7 +80,7 @@ class SinkFactory:
 
 
 @pytest.fixture
-def sinks(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[SinkFactory]:
+def sinks(broker: Broker, tmp_path: Path) -> Iterator[SinkFactory]:
     factory = SinkFactory(broker, tmp_path)
     yield factory
     for sink in factory.started:
@@ -111,7 +110,7 @@ def suggestion_event(upload_id: str, product_id: str = "sku-1") -> dict[str, Any
     }
 
 
-def publish(broker: EmbeddedBroker, topic: str, messages: list[dict[str, Any] | bytes]) -> None:
+def publish(broker: Broker, topic: str, messages: list[dict[str, Any] | bytes]) -> None:
     raw = [
         (m["upload_id"].encode(), encode(TAG_SUGGESTIONS, m)) if isinstance(m, dict) else (b"bad", m) for m in messages
     ]
@@ -126,22 +125,6 @@ def stored(db_url: str, upload_ids: list[str]) -> dict[str, list[StoredSuggestio
     return asyncio.run(query())
 
 
-def committed_offset(broker: EmbeddedBroker, group: str, topic: str) -> int | None:
-    """The group's committed offsets summed over the topic's partitions (None: nothing committed)."""
-
-    async def query() -> int | None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            offsets = [await consumer.committed(tp) for tp in await topic_partitions(consumer, topic, wait_s=10)]
-        finally:
-            await consumer.stop()
-        found = [offset for offset in offsets if offset is not None]
-        return sum(found) if found else None
-
-    return asyncio.run(query())
-
-
 def migrate(db_url: str) -> None:
     async def run() -> None:
         async with ProductDB.open(db_url) as db:
@@ -151,7 +134,7 @@ def migrate(db_url: str) -> None:
 
 
 def test_upload_becomes_rows_in_postgres(
-    broker: EmbeddedBroker,
+    broker: Broker,
     workers: WorkerFactory,
     sinks: SinkFactory,
     demo_set: DemoSet,
@@ -183,7 +166,7 @@ def test_upload_becomes_rows_in_postgres(
 
 
 def test_bad_and_duplicate_messages_do_not_block_the_partition(
-    broker: EmbeddedBroker, sinks: SinkFactory, postgres_url: str
+    broker: Broker, sinks: SinkFactory, postgres_url: str
 ) -> None:
     topics = Topics.create(broker, "sinkbad")
     first, poisoned, last = (
@@ -220,7 +203,7 @@ def test_bad_and_duplicate_messages_do_not_block_the_partition(
 
 
 def test_sink_killed_while_its_write_waits_loses_nothing(
-    broker: EmbeddedBroker, sinks: SinkFactory, postgres_url: str, postgres_server: str
+    broker: Broker, sinks: SinkFactory, postgres_url: str, postgres_server: str
 ) -> None:
     topics = Topics.create(broker, "sinkkill")
     application = postgres_url.rsplit("application_name=", 1)[1]
@@ -254,7 +237,7 @@ def test_sink_killed_while_its_write_waits_loses_nothing(
 
 
 def test_locked_sqlite_database_is_retried_and_holds_the_offsets_back(
-    broker: EmbeddedBroker, sinks: SinkFactory, tmp_path: Path
+    broker: Broker, sinks: SinkFactory, tmp_path: Path
 ) -> None:
     topics = Topics.create(broker, "sinklock")
     db_url = f"sqlite:///{tmp_path}/products.db"

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from PIL import Image
+from support.brokers import Broker, new_broker
 from support.hostile_http import HostileServer, delayed, flaky, stall, status
 from support.processes import WorkerFactory
 from support.reliability_report import report
@@ -30,7 +31,6 @@ from support.streams import collect, upload_records
 from support.web_worker import sample, start_web_worker
 
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, encode
-from streams.broker import EmbeddedBroker
 from streams.kafka import complete_upload, produce_uploads
 from workbench.image_server import ImageServer
 from workbench.scenes import DemoSet
@@ -46,7 +46,7 @@ def _ids(records: list[dict[str, object]]) -> set[str]:
     return {str(r["upload_event_id"]) for r in records}
 
 
-def _wait_ids(broker: EmbeddedBroker, topic: str, wanted: set[str], timeout_s: float) -> set[str]:
+def _wait_ids(broker: Broker, topic: str, wanted: set[str], timeout_s: float) -> set[str]:
     """Distinct upload_event_ids on ``topic`` once all of ``wanted`` arrived (or the time is up)."""
     deadline = time.monotonic() + timeout_s
     seen: set[str] = set()
@@ -56,9 +56,9 @@ def _wait_ids(broker: EmbeddedBroker, topic: str, wanted: set[str], timeout_s: f
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
     """A broker of the test's own, so stopping or freezing it disturbs no other test."""
-    broker = EmbeddedBroker(log_path=tmp_path / "own-tansu.log")
+    broker = new_broker(tmp_path, "own")
     yield broker
     broker.stop()
 
@@ -72,7 +72,7 @@ def _many(demo_set: DemoSet, server: ImageServer, prefix: str, n: int) -> list[d
 
 
 def test_broker_unavailable_at_start(
-    own_broker: EmbeddedBroker,
+    own_broker: Broker,
     workers: WorkerFactory,
     demo_set: DemoSet,
     image_server: ImageServer,
@@ -93,7 +93,7 @@ def test_broker_unavailable_at_start(
 
 
 def test_broker_frozen_mid_stream(
-    own_broker: EmbeddedBroker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
+    own_broker: Broker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """SIGSTOP for 20 s while batches are being fetched and published (a network partition).
 
@@ -149,7 +149,7 @@ def _png() -> bytes:
 
 
 def test_image_host_flaky_slow_and_broken(
-    broker: EmbeddedBroker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
+    broker: Broker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """500 twice then 200 succeeds; hanging, always-500 and 404 hosts end as dead letters."""
     uploads, suggestions, dead_letters = _topics("hosts")
@@ -240,7 +240,7 @@ _POISON_TOPIC = "poison.image-uploaded"
 
 
 def test_poison_messages_never_block_their_partition(
-    broker: EmbeddedBroker,
+    broker: Broker,
     workers: WorkerFactory,
     demo_set: DemoSet,
     image_server: ImageServer,
@@ -297,7 +297,7 @@ def test_poison_messages_never_block_their_partition(
 
 
 def test_invalid_events_get_precise_reasons(
-    broker: EmbeddedBroker,
+    broker: Broker,
     workers: WorkerFactory,
     demo_set: DemoSet,
     image_server: ImageServer,
@@ -400,7 +400,7 @@ def test_invalid_events_get_precise_reasons(
 
 
 def test_malformed_urls_cost_only_their_own_events(
-    broker: EmbeddedBroker,
+    broker: Broker,
     workers: WorkerFactory,
     demo_set: DemoSet,
     image_server: ImageServer,
@@ -439,7 +439,7 @@ def test_malformed_urls_cost_only_their_own_events(
 
 
 def test_oversized_events_are_dead_lettered_and_the_worker_still_stops_promptly(
-    broker: EmbeddedBroker,
+    broker: Broker,
     workers: WorkerFactory,
     demo_set: DemoSet,
     image_server: ImageServer,
@@ -492,7 +492,7 @@ def test_oversized_events_are_dead_lettered_and_the_worker_still_stops_promptly(
 
 
 def test_a_record_the_producer_refuses_becomes_a_smaller_dead_letter(
-    broker: EmbeddedBroker,
+    broker: Broker,
     workers: WorkerFactory,
     demo_set: DemoSet,
     image_server: ImageServer,
@@ -551,7 +551,7 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def test_large_images_keep_the_worker_within_its_memory_bound(
-    broker: EmbeddedBroker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
+    broker: Broker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A 120 KB PNG that decodes to 36 MP, as the target and 16 distinct sources of every event.
 

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.brokers import Broker
 from support.streams import collect, upload_records
 from support.web_worker import WebWorker, sample, start_web_worker, worker_factory
 
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import free_port
 from streams.kafka import produce_raw, produce_uploads
 from workbench.image_server import ImageServer
 from workbench.scenes import DemoSet
@@ -23,7 +24,7 @@ UPLOADS, SUGGESTIONS, DEAD_LETTERS = f"{NAME}.image-uploaded", f"{NAME}.tag-sugg
 
 
 @pytest.fixture(scope="module")
-def observed(broker: EmbeddedBroker, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebWorker]:
+def observed(broker: Broker, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebWorker]:
     with worker_factory(broker, cache_dir, tmp_path_factory.mktemp("metrics-workers")) as factory:
         worker = start_web_worker(factory, NAME, TAGSTREAM_LOG_FORMAT="json", TAGSTREAM_FETCH__ATTEMPTS="1")
         worker.wait_for("/ready", 200, timeout_s=180)
@@ -47,7 +48,7 @@ def _wait_for_samples(
 
 
 def test_counters_move_when_events_flow(
-    observed: WebWorker, broker: EmbeddedBroker, demo_set: DemoSet, image_server: ImageServer
+    observed: WebWorker, broker: Broker, demo_set: DemoSet, image_server: ImageServer
 ) -> None:
     before = observed.scrape()
     good = upload_records(demo_set, image_server, ["upload-01", "upload-02"])
@@ -59,10 +60,20 @@ def test_counters_move_when_events_flow(
     def delta(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
 
+    def uploads_lags(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[str, float]:
+        return {
+            dict(labels)["partition"]: value
+            for (name, labels), value in samples.items()
+            if name == "tagstream_consumer_lag" and ("topic", UPLOADS) in labels
+        }
+
+    # The lag is measured against committed offsets by a probe every couple of seconds: it reaches
+    # 0 a moment after the last answer (Kafka commits at the next commit interval).
     after = _wait_for_samples(
         observed,
         lambda s: (
             sample(s, "tagstream_end_to_end_seconds_count") - sample(before, "tagstream_end_to_end_seconds_count") >= 4
+            and set(uploads_lags(s).values()) == {0.0}
         ),
         timeout_s=30,
     )
@@ -80,11 +91,7 @@ def test_counters_move_when_events_flow(
     assert delta("tagstream_fetch_errors_total", kind="connection") == 1
     assert delta("tagstream_fetch_image_bytes_count") >= 3
     assert sample(after, "tagstream_model_load_seconds") > 0
-    lags = {
-        dict(labels)["partition"]: value
-        for (name, labels), value in after.items()
-        if name == "tagstream_consumer_lag" and ("topic", UPLOADS) in labels
-    }
+    lags = uploads_lags(after)
     assert lags, "every assigned uploads partition reports its lag"
     assert set(lags.values()) == {0.0}, lags
 
@@ -110,7 +117,7 @@ def test_http_requests_are_counted_by_route_and_status(observed: WebWorker) -> N
 
 
 def test_logs_are_json_lines_carrying_the_event(
-    observed: WebWorker, broker: EmbeddedBroker, demo_set: DemoSet, image_server: ImageServer
+    observed: WebWorker, broker: Broker, demo_set: DemoSet, image_server: ImageServer
 ) -> None:
     record = _unreachable(upload_records(demo_set, image_server, ["upload-03"])[0], "logged-unreachable")
     [sent] = asyncio.run(produce_uploads(broker.url, UPLOADS, [record]))

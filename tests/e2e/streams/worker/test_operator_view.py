@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.brokers import Broker, new_broker
 from support.processes import WorkerFactory
 from support.reliability_report import report
 from support.streams import collect, create_topics, wait_for
 from support.web_worker import WebWorker, start_web_worker
 
-from streams.broker import EmbeddedBroker
 from streams.kafka import produce_uploads
 from streams.worker.service import EXIT_MODELS_UNAVAILABLE
 from workbench.image_server import ImageServer
@@ -27,8 +27,8 @@ FAST_PROBE = {"TAGSTREAM_PROBE_INTERVAL_S": "0.5"}
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(log_path=tmp_path / "own-tansu.log") as broker:
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    with new_broker(tmp_path, "own") as broker:
         yield broker
 
 
@@ -54,7 +54,7 @@ def _wait_ready(worker: WebWorker, ready: bool, timeout_s: float) -> tuple[float
 
 
 def test_ready_follows_the_broker_frozen_and_killed(
-    own_broker: EmbeddedBroker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
+    own_broker: Broker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     worker = start_web_worker(
         workers,
@@ -89,7 +89,7 @@ def test_ready_follows_the_broker_frozen_and_killed(
 
 
 def test_lag_counts_a_backlog_and_a_stalled_worker_is_not_ready(
-    own_broker: EmbeddedBroker,
+    own_broker: Broker,
     workers: WorkerFactory,
     image_server: ImageServer,
     tmp_path: Path,
@@ -135,7 +135,7 @@ def test_lag_counts_a_backlog_and_a_stalled_worker_is_not_ready(
 
 
 def test_a_worker_that_cannot_load_its_models_leaves_and_its_partitions_move(
-    own_broker: EmbeddedBroker,
+    own_broker: Broker,
     workers: WorkerFactory,
     image_server: ImageServer,
     tmp_path_factory: pytest.TempPathFactory,

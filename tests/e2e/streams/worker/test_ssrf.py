@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 from PIL import Image
+from support.brokers import Broker
 from support.hostile_http import HostileServer, ipv6_loopback_available, redirect, status
 from support.pipelines.trivial import TrivialPipeline
 from support.processes import WorkerFactory
@@ -33,7 +34,6 @@ from support.reliability_report import report
 from support.streams import collect
 
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, decode, encode
-from streams.broker import EmbeddedBroker
 from streams.fetch.fetcher import FetchPolicy, ImageFetcher
 from streams.fetch.netguard import IPAddress, ResolutionFailed, refusal_reason
 from streams.kafka import complete_upload, produce_uploads
@@ -49,7 +49,7 @@ def _png() -> bytes:
 
 
 def test_internal_addresses_are_dead_lettered_without_connecting(
-    broker: EmbeddedBroker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
+    broker: Broker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     uploads, dead_letters = "ssrf.image-uploaded", "ssrf.image-uploaded.dlq"
     with HostileServer() as loopback:

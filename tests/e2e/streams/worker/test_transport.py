@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from streams.broker import EmbeddedBroker
+from support.brokers import Broker
+
 from streams.settings import Settings
 from streams.worker.app import create_app
 from streams.worker.transport import FetchWaitTransport
 
 
-def test_the_worker_consumer_fetches_with_the_configured_wait(broker: EmbeddedBroker) -> None:
+def test_the_worker_consumer_fetches_with_the_configured_wait(broker: Broker) -> None:
     async def fetcher_wait_ms() -> int:
         app = create_app(Settings(broker=broker.url, app_id="fetch-wait-test", fetch_wait_s=0.04))
         assert isinstance(app.transport, FetchWaitTransport)

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 from support import reference_api
+from support.brokers import Broker
 from support.processes import WorkerFactory
 from support.web_worker import WebWorker, start_web_worker, worker_factory
 
 from inference.types import BBox
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import free_port
 from workbench.image_server import ImageServer
 from workbench.scenes import DemoSet
 
@@ -22,9 +23,7 @@ API_MAX_TAGS = 70
 
 
 @pytest.fixture(scope="module")
-def factory(
-    broker: EmbeddedBroker, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerFactory]:
+def factory(broker: Broker, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerFactory]:
     with worker_factory(broker, cache_dir, tmp_path_factory.mktemp("web-api-workers")) as started:
         yield started
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from support.brokers import Broker
 from support.processes import WorkerFactory
 from support.streams import collect, upload_records
 
 from inference.types import BBox
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import free_port
 from streams.events import suggestion_event_id
 from streams.kafka import produce_raw, produce_uploads
 from workbench.image_server import ImageServer
@@ -21,7 +22,7 @@ def _topics(prefix: str) -> tuple[str, str, str]:
 
 
 def test_every_upload_gets_one_correct_suggestion_event(
-    broker: EmbeddedBroker, workers: WorkerFactory, demo_set: DemoSet, image_server: ImageServer
+    broker: Broker, workers: WorkerFactory, demo_set: DemoSet, image_server: ImageServer
 ) -> None:
     uploads, suggestions, _ = _topics("e2e")
     records = upload_records(demo_set, image_server)
@@ -64,7 +65,7 @@ def test_every_upload_gets_one_correct_suggestion_event(
 
 
 def test_undecodable_and_unfetchable_events_become_dead_letters(
-    broker: EmbeddedBroker, workers: WorkerFactory, demo_set: DemoSet, image_server: ImageServer
+    broker: Broker, workers: WorkerFactory, demo_set: DemoSet, image_server: ImageServer
 ) -> None:
     uploads, suggestions, dead_letters = _topics("dlq")
     good = upload_records(demo_set, image_server)[0]
@@ -102,7 +103,7 @@ def test_undecodable_and_unfetchable_events_become_dead_letters(
 
 
 def test_pipeline_raising_mid_batch_loses_nothing(
-    broker: EmbeddedBroker, workers: WorkerFactory, demo_set: DemoSet, image_server: ImageServer
+    broker: Broker, workers: WorkerFactory, demo_set: DemoSet, image_server: ImageServer
 ) -> None:
     uploads, suggestions, dead_letters = _topics("faulty")
     records = upload_records(demo_set, image_server)
@@ -128,7 +129,7 @@ def test_pipeline_raising_mid_batch_loses_nothing(
 
 
 def test_worker_killed_mid_stream_loses_nothing(
-    broker: EmbeddedBroker, workers: WorkerFactory, demo_set: DemoSet, image_server: ImageServer
+    broker: Broker, workers: WorkerFactory, demo_set: DemoSet, image_server: ImageServer
 ) -> None:
     uploads, suggestions, _ = _topics("kill")
     records = upload_records(demo_set, image_server)
@@ -143,7 +144,7 @@ def test_worker_killed_mid_stream_loses_nothing(
     assert answered >= {e["event_id"] for e in sent}
 
 
-def _wait_all(broker: EmbeddedBroker, topic: str, wanted: set[str], timeout_s: float) -> set[str]:
+def _wait_all(broker: Broker, topic: str, wanted: set[str], timeout_s: float) -> set[str]:
     import time
 
     deadline = time.monotonic() + timeout_s
