@@ -12,18 +12,14 @@ disk, so it can be killed and restarted on the same directory, and nodes form a 
 from __future__ import annotations
 
 import base64
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import threading
-import time
 import uuid
 from pathlib import Path
 from types import TracebackType
 
-from streams.broker import free_port
+from streams.broker import BrokerProcess, free_port
 
 POM = Path(__file__).resolve().parent / "apache-kafka" / "pom.xml"
 KAFKA_VERSION = "4.4.0"
@@ -63,13 +59,16 @@ def cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
-class ApacheKafkaBroker:
+class ApacheKafkaBroker(BrokerProcess):
     """One Kafka node (broker + controller) on ``127.0.0.1:port``, data in ``data_dir``; a context manager.
 
     A single node is its own quorum. For a cluster, give every node the same ``voters``
     (``{node_id: controller_port}``) and ``cluster``, and start them together: a node's start
-    waits for its listener only, since a quorum needs the others.
+    waits for its listener only, since a quorum needs the others. Killed or stopped, a node keeps
+    its data: :meth:`start` again restarts it on the same directory and ports.
     """
+
+    stop_grace_s = 30.0  # a controlled shutdown moves leadership away first
 
     def __init__(
         self,
@@ -83,24 +82,13 @@ class ApacheKafkaBroker:
         cluster: str | None = None,
         replication: int = 1,
     ) -> None:
+        super().__init__(port, log_path or data_dir.parent / f"kafka-{node_id}.log")
         self.data_dir = data_dir
-        self.port = port or free_port()
         self.controller_port = controller_port or free_port()
         self.node_id = node_id
         self._voters = voters or {node_id: self.controller_port}
         self._cluster = cluster or cluster_id()
         self._replication = replication
-        self._log_path = log_path or data_dir.parent / f"kafka-{node_id}.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """Faust-style broker URL."""
-        return f"kafka://{self.bootstrap}"
 
     def _properties(self) -> Path:
         voters = ",".join(f"{node}@127.0.0.1:{port}" for node, port in sorted(self._voters.items()))
@@ -141,65 +129,8 @@ class ApacheKafkaBroker:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        log = open(self._log_path, "ab")  # noqa: SIM115
-        self._process = subprocess.Popen([*java, "kafka.Kafka", str(properties)], stdout=log, stderr=subprocess.STDOUT)
-        self._wait_until_listening(timeout_s)
+        self._launch([*java, "kafka.Kafka", str(properties)], timeout_s)
         return self
-
-    def _wait_until_listening(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                raise RuntimeError(f"Kafka exited with status {self._process.returncode}; see {self._log_path}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"Kafka did not listen on {self.bootstrap} within {timeout_s:g}s; see {self._log_path}")
-
-    def stop(self) -> None:
-        """Controlled shutdown (SIGTERM), killed after 30 s; the data stays for a restart."""
-        if self._process is None:
-            return
-        self._process.send_signal(signal.SIGCONT)
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or a lost machine would end it; the data on disk stays."""
-        if self._process is None:
-            return
-        os.kill(self._process.pid, signal.SIGKILL)
-        self._process.wait()
-        self._process = None
-
-    def pause(self) -> None:
-        """Freeze the node (SIGSTOP): connections stay open but nothing answers."""
-        assert self._process is not None, "broker not started"
-        self._process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self._process is not None, "broker not started"
-        self._process.send_signal(signal.SIGCONT)
-
-    def wait(self) -> int:
-        assert self._process is not None, "broker not started"
-        return self._process.wait()
-
-    def __enter__(self) -> ApacheKafkaBroker:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 class ApacheKafkaCluster:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from streams.broker import EmbeddedBroker
+from streams.broker import BrokerProcess, EmbeddedBroker
 from support.apache_kafka import ApacheKafkaBroker
 
 ENGINES = ("tansu", "kafka")
-Broker = EmbeddedBroker | ApacheKafkaBroker
+Broker = BrokerProcess
 
 
 def engine() -> str:
