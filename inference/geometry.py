@@ -14,7 +14,6 @@ Cost model: an upload has one target image and many tags, so target features are
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,7 +22,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from inference.runtime import default_thread_count
 from inference.types import BBox, RGBImage
 
 FloatArray = npt.NDArray[np.float32]
@@ -197,21 +195,8 @@ class LocalMatch:
 class GeometricVerifier:
     """Matches local features of a source box against a target image and fits a plane model."""
 
-    def __init__(self, config: GeometryConfig | None = None, threads: int | None = None) -> None:
+    def __init__(self, config: GeometryConfig | None = None) -> None:
         self.config = config or GeometryConfig()
-        self.threads = threads or default_thread_count()
-        self._pool: ThreadPoolExecutor | None = None
-
-    def _threads(self) -> ThreadPoolExecutor:
-        """Threads that run whole SIFT passes side by side (OpenCV releases the GIL).
-
-        OpenCV's own thread pool does not speed SIFT up measurably on these image sizes (1 or 2
-        threads: the same time for a 0.5 MP photo or a product crop), so the simulated views of
-        a source box run side by side instead: about 1.4x faster on 2 cores.
-        """
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="sift")
-        return self._pool
 
     def target_features(self, image: RGBImage) -> TargetFeatures:
         height, width = image.shape[:2]
@@ -241,12 +226,9 @@ class GeometricVerifier:
             points, descriptors = self._sift(view, view_mask, cfg.max_tilted_view_keypoints)
             return _apply(_compose(small_to_crop, to_small), points), descriptors
 
-        pool = self._threads()
-        jobs = [pool.submit(frontal)]
-        jobs += [pool.submit(tilted, tilt, angle) for tilt in cfg.source_tilts for angle in _tilt_angles(tilt)]
+        views = [frontal()] + [tilted(tilt, angle) for tilt in cfg.source_tilts for angle in _tilt_angles(tilt)]
         all_points, all_descriptors = [], []
-        for job in jobs:
-            points, descriptors = job.result()
+        for points, descriptors in views:
             all_points.append(points + np.array([x1, y1], dtype=np.float32))
             all_descriptors.append(descriptors)
         points = np.vstack(all_points)

@@ -142,14 +142,6 @@ def test_features_are_in_original_coordinates() -> None:
     assert (x >= box.x).all() and (x <= box.x2).all() and (y >= box.y).all() and (y <= box.y2).all()
 
 
-def test_source_views_computed_side_by_side_equal_one_after_another() -> None:
-    image, box = _textured_image(640, 480, seed=5), BBox(150, 100, 300, 220)
-    one = GeometricVerifier(threads=1).source_features(image, box)
-    two = GeometricVerifier(threads=2).source_features(image, box)
-    assert np.array_equal(one.keypoints, two.keypoints)
-    assert np.array_equal(one.descriptors, two.descriptors)
-
-
 def test_each_tilted_view_keeps_at_most_its_keypoint_budget() -> None:
     image, box = _textured_image(640, 480, seed=6), BBox(150, 100, 300, 220)
     frontal_only = GeometricVerifier(GeometryConfig(source_tilts=())).source_features(image, box)
