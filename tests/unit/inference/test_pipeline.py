@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.pipelines.offline import offline_pipeline
 
-from inference.config import ModelConfig, PipelineConfig
 from inference.detector import YoloDetector
 from inference.embedder import ClipEmbedder, Embedder
 from inference.geometry import GeometricVerifier
@@ -20,11 +20,7 @@ from workbench.scenes import DemoSet
 
 @pytest.fixture(scope="module")
 def pipeline(cache_dir: Path) -> Pipeline:
-    models = cache_dir / "models"
-    config = PipelineConfig(
-        models=ModelConfig(detector=str(models / "yolo26n-random.pt"), embedder=str(models / "clip-tiny-random"))
-    )
-    return Pipeline.load(config)
+    return offline_pipeline(cache_dir)
 
 
 def test_offline_models_load_through_the_real_loaders(cache_dir: Path) -> None:

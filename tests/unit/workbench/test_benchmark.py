@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.pipelines.offline import offline_pipeline
 
-from inference.config import ModelConfig, PipelineConfig
 from inference.pipeline import Pipeline
 from workbench.benchmark import (
     BenchUpload,
@@ -24,11 +24,7 @@ from workbench.reference import ReferenceMatcher
 
 @pytest.fixture(scope="module")
 def pipeline(cache_dir: Path) -> Pipeline:
-    models = cache_dir / "models"
-    config = PipelineConfig(
-        models=ModelConfig(detector=str(models / "yolo26n-random.pt"), embedder=str(models / "clip-tiny-random"))
-    )
-    return Pipeline.load(config)
+    return offline_pipeline(cache_dir)
 
 
 @pytest.fixture(scope="module")
