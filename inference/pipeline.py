@@ -2,7 +2,8 @@
 
 Work is arranged so each expensive step happens once per unit it depends on:
 detection once per target image (batched across requests), local features once per target
-image, source features and embeddings once per (source image, box) thanks to caches, and
+image, source features and embeddings once per (source image, box) thanks to caches (a source
+box's simulated views only once its frontal view fails to settle a match), and
 candidate windows embedded once per target image and scored against every tag in one matrix
 product. CLIP only runs for tags the geometric verifier did not already confirm, and for a
 textured tag only where its matches agree locally (a deformed product): there the local model
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import torch
 
@@ -44,6 +46,10 @@ class StageClock:
             yield
         finally:
             self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+_Views = Literal["frontal", "tilted"]
+"""The two halves of a source box's features, cached apart: the tilted views are often never needed."""
 
 
 @dataclass
@@ -77,7 +83,7 @@ class Pipeline:
         self._source_embeddings: LruCache[tuple[str, tuple[float, ...]], torch.Tensor] = LruCache(
             config.source_cache_size
         )
-        self._source_features: LruCache[tuple[str, tuple[float, ...]], SourceFeatures] = LruCache(
+        self._source_features: LruCache[tuple[str, tuple[float, ...], _Views], SourceFeatures] = LruCache(
             config.source_cache_size,
             max_weight=config.source_features_cache_bytes,
             weigh=lambda features: int(features.keypoints.nbytes + features.descriptors.nbytes),
@@ -137,20 +143,35 @@ class Pipeline:
 
     def _verify(self, requests: Sequence[MatchRequest], jobs: list[_TagJob]) -> None:
         targets: dict[int, TargetFeatures] = {}
+        default_threshold = self.config.search.similarity_threshold
         for job in jobs:
+            request = requests[job.request_index]
             if job.request_index not in targets:
-                targets[job.request_index] = self.verifier.target_features(requests[job.request_index].target)
-            source = self._source_features.get_or_compute(
-                (job.source.key, _box_key(job.box)),
-                lambda job=job: self.verifier.source_features(job.source.image, job.box),  # type: ignore[misc]
+                targets[job.request_index] = self.verifier.target_features(request.target)
+            threshold = request.similarity_threshold if request.similarity_threshold is not None else default_threshold
+            checked = self.verifier.verify_views(
+                self._cached_features(job, "frontal"),
+                lambda job=job: self._all_views(job),  # type: ignore[misc]
+                targets[job.request_index],
+                job.box,
+                max(self.verifier.config.settle_confidence, threshold),
             )
-            job.textured = len(source.keypoints) >= self.config.search.textured_min_keypoints
-            job.matches = self.verifier.correspondences(source, targets[job.request_index], job.box)
-            match = self.verifier.fit(job.matches, source, targets[job.request_index], job.box)
-            if match is not None:
-                job.geometric = GeometricEvidence(match.bbox, match.confidence)
+            job.textured = len(checked.source.keypoints) >= self.config.search.textured_min_keypoints
+            job.matches = checked.matches
+            if checked.match is not None:
+                job.geometric = GeometricEvidence(checked.match.bbox, checked.match.confidence)
             elif job.textured and len(job.matches) >= self.config.search.min_local_support:
-                job.local = self.verifier.local_model(job.matches, source, targets[job.request_index], job.box)
+                job.local = self.verifier.local_model(job.matches, checked.source, targets[job.request_index], job.box)
+
+    def _all_views(self, job: _TagJob) -> SourceFeatures:
+        return self._cached_features(job, "frontal").joined(self._cached_features(job, "tilted"))
+
+    def _cached_features(self, job: _TagJob, views: _Views) -> SourceFeatures:
+        """A source box's features of the frontal or the simulated views, computed once and cached."""
+        extract = self.verifier.frontal_features if views == "frontal" else self.verifier.tilted_features
+        return self._source_features.get_or_compute(
+            (job.source.key, _box_key(job.box), views), lambda: extract(job.source.image, job.box)
+        )
 
     def _clip_could_decide(self, job: _TagJob) -> bool:
         """Skip CLIP for a textured tag without locally coherent matches: the veto would reject it anyway."""

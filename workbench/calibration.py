@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.geometry import GeometricVerifier, GeometryConfig, SourceFeatures, TargetFeatures, confidence_features
-from inference.types import BBox
-from workbench.evaluation import build_items, load_cases, load_image
+from inference.geometry import GeometryConfig, confidence_features
+from workbench.evaluation import CachingVerifier, build_items, load_cases, load_image
 
 
 @dataclass(frozen=True)
@@ -31,10 +30,8 @@ class Sample:
 
 def collect(cases: Iterable[Path], config: GeometryConfig) -> list[Sample]:
     """One sample per accepted match over the positives and negatives of every ``cases.json``."""
-    verifier = GeometricVerifier(config)
+    verifier = CachingVerifier(config)
     images: dict[Path, np.ndarray] = {}
-    targets: dict[Path, TargetFeatures] = {}
-    sources: dict[tuple[Path, BBox], SourceFeatures] = {}
     samples = []
     for path in cases:
         for item in build_items(load_cases(path)):
@@ -43,12 +40,13 @@ def collect(cases: Iterable[Path], config: GeometryConfig) -> list[Sample]:
             for image_path in (item.source_path, item.target_path):
                 if image_path not in images:
                     images[image_path] = load_image(image_path)
-            if item.target_path not in targets:
-                targets[item.target_path] = verifier.target_features(images[item.target_path])
-            key = (item.source_path, item.source_box)
-            if key not in sources:
-                sources[key] = verifier.source_features(images[item.source_path], item.source_box)
-            match = verifier.verify(sources[key], targets[item.target_path], item.source_box)
+            match = verifier.verify(
+                item.source_path,
+                images[item.source_path],
+                item.source_box,
+                item.target_path,
+                images[item.target_path],
+            )
             if match is None:
                 continue
             right = item.target_box is not None and match.bbox.iou(item.target_box) >= 0.5

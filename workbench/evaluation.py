@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from inference.geometry import GeometricVerifier, GeometryConfig, SourceFeatures, TargetFeatures
+from inference.geometry import GeometricMatch, GeometricVerifier, GeometryConfig, SourceFeatures, TargetFeatures
 from inference.types import BBox, Method, RGBImage
 
 ItemKind = Literal["positive", "negative", "qualitative"]
@@ -554,24 +554,15 @@ def _query(item: EvalItem, images: ImageStore) -> EvalQuery:
 
 
 def geometric_locator(config: GeometryConfig | None = None) -> Locator:
-    """A locator using local-feature geometry alone, to measure that stage on its own.
-
-    Target features are computed once per distinct target image and source features once per
-    (source image, box), as a service would cache them.
-    """
-    verifier = GeometricVerifier(config)
-    targets: dict[str, TargetFeatures] = {}
-    sources: dict[tuple[str, BBox], SourceFeatures] = {}
+    """A locator using local-feature geometry alone, to measure that stage on its own."""
+    verifier = CachingVerifier(config)
 
     def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
         answers = []
         for query in queries:
-            if query.target_key not in targets:
-                targets[query.target_key] = verifier.target_features(query.target_image)
-            source_key = (query.source_key, query.source_box)
-            if source_key not in sources:
-                sources[source_key] = verifier.source_features(query.source_image, query.source_box)
-            match = verifier.verify(sources[source_key], targets[query.target_key], query.source_box)
+            match = verifier.verify(
+                query.source_key, query.source_image, query.source_box, query.target_key, query.target_image
+            )
             if match is None:
                 answers.append(EvalAnswer(found=False, bbox=None, confidence=0.0, method=Method.NONE.value))
             else:
@@ -581,3 +572,34 @@ def geometric_locator(config: GeometryConfig | None = None) -> Locator:
         return answers
 
     return locate
+
+
+class CachingVerifier:
+    """The geometric verifier as a service runs it: features cached, the simulated views only when needed.
+
+    Target features are computed once per distinct target image, a source box's frontal and
+    tilted views once per (source image, box), and the cascade is the pipeline's
+    (`GeometricVerifier.verify_views`), so measurements and calibration see what it sees.
+    """
+
+    def __init__(self, config: GeometryConfig | None = None) -> None:
+        self.verifier = GeometricVerifier(config)
+        self._targets: dict[Hashable, TargetFeatures] = {}
+        self._frontal: dict[tuple[Hashable, BBox], SourceFeatures] = {}
+        self._tilted: dict[tuple[Hashable, BBox], SourceFeatures] = {}
+
+    def verify(
+        self, source_key: Hashable, source: RGBImage, box: BBox, target_key: Hashable, target: RGBImage
+    ) -> GeometricMatch | None:
+        if target_key not in self._targets:
+            self._targets[target_key] = self.verifier.target_features(target)
+        key = (source_key, box)
+        if key not in self._frontal:
+            self._frontal[key] = self.verifier.frontal_features(source, box)
+
+        def all_views() -> SourceFeatures:
+            if key not in self._tilted:
+                self._tilted[key] = self.verifier.tilted_features(source, box)
+            return self._frontal[key].joined(self._tilted[key])
+
+        return self.verifier.verify_views(self._frontal[key], all_views, self._targets[target_key], box).match

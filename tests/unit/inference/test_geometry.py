@@ -114,6 +114,63 @@ def test_a_turned_product_gets_the_box_the_evidence_supports_not_the_turned_sour
     assert match.confidence > 0.9
 
 
+class _CountingViews:
+    """``all_views`` for `GeometricVerifier.verify_views` that counts how often it is asked."""
+
+    def __init__(self, image: RGBImage, box: BBox) -> None:
+        self.image, self.box, self.calls = image, box, 0
+
+    def __call__(self) -> SourceFeatures:
+        self.calls += 1
+        return VERIFIER.source_features(self.image, self.box)
+
+
+def test_a_confident_frontal_match_settles_without_the_simulated_views() -> None:
+    source, box = _textured_image(640, 480, seed=1), BBox(220, 160, 200, 150)
+    similarity = np.array([[0.9, -0.2, 90.0], [0.2, 0.9, 30.0], [0.0, 0.0, 1.0]])
+    target = VERIFIER.target_features(np.asarray(cv2.warpPerspective(source, similarity, (700, 520)), np.uint8))
+    frontal = VERIFIER.frontal_features(source, box)
+    views = _CountingViews(source, box)
+
+    settled = VERIFIER.verify_views(frontal, views, target, box)
+
+    assert settled.match is not None and settled.match.confidence >= VERIFIER.config.settle_confidence
+    assert views.calls == 0 and settled.source is frontal
+    expected = _project_box(similarity, box)
+    assert settled.match.bbox.iou(BBox.from_xyxy(*expected.min(axis=0), *expected.max(axis=0))) > 0.9
+    # A caller whose threshold no frontal match can reach gets every view matched.
+    everything = VERIFIER.verify_views(frontal, views, target, box, settle_confidence=1.0)
+    assert views.calls == 1 and len(everything.source.keypoints) > len(frontal.keypoints)
+    assert everything.match is not None
+
+
+def test_an_oblique_view_falls_back_to_the_simulated_views() -> None:
+    """Seen at about 70 degrees the frontal view alone does not settle it; the tilted views find it."""
+    source, box = _textured_image(640, 480, seed=5), BBox(170, 120, 300, 240)
+    oblique = np.array([[0.34, 0.0, 200.0], [0.0, 1.0, 60.0], [0.0, 0.0, 1.0]])  # squeezed 2.9x
+    target = VERIFIER.target_features(np.asarray(cv2.warpPerspective(source, oblique, (640, 480)), np.uint8))
+    frontal = VERIFIER.frontal_features(source, box)
+    views = _CountingViews(source, box)
+
+    checked = VERIFIER.verify_views(frontal, views, target, box)
+    frontal_only = VERIFIER.verify(frontal, target, box)
+
+    assert frontal_only is None or frontal_only.confidence < VERIFIER.config.settle_confidence
+    assert views.calls == 1
+    assert checked.match is not None
+    expected = _project_box(oblique, box)
+    assert checked.match.bbox.iou(BBox.from_xyxy(*expected.min(axis=0), *expected.max(axis=0))) > 0.8
+
+
+def test_all_views_are_the_frontal_and_the_tilted_ones() -> None:
+    image, box = _textured_image(640, 480, seed=6), BBox(150, 100, 300, 220)
+    frontal, tilted = VERIFIER.frontal_features(image, box), VERIFIER.tilted_features(image, box)
+    both = VERIFIER.source_features(image, box)
+    assert len(frontal.keypoints) > 0 and len(tilted.keypoints) > 0
+    np.testing.assert_array_equal(both.keypoints, np.vstack([frontal.keypoints, tilted.keypoints]))
+    np.testing.assert_array_equal(both.descriptors, np.vstack([frontal.descriptors, tilted.descriptors]))
+
+
 def test_confidence_grows_with_the_evidence() -> None:
     config = GeometryConfig()
     low, high = match_confidence(10, 0.3, 0.05, config), match_confidence(10, 0.3, 0.6, config)

@@ -12,9 +12,9 @@ from support.pipelines.offline import offline_pipeline
 
 from inference.detector import YoloDetector
 from inference.embedder import ClipEmbedder, Embedder
-from inference.geometry import GeometricVerifier
+from inference.geometry import GeometricVerifier, SourceFeatures
 from inference.pipeline import Pipeline
-from inference.types import BBox, MatchRequest, Method, SourceImage, SourceTag
+from inference.types import BBox, MatchRequest, Method, RGBImage, SourceImage, SourceTag
 from workbench.scenes import DemoSet
 
 
@@ -70,6 +70,46 @@ def test_source_work_is_cached_across_batches(pipeline: Pipeline, demo_set: Demo
     misses = pipeline.source_cache_misses
     pipeline.run([request])
     assert pipeline.source_cache_misses == misses
+
+
+class _CountingVerifier(GeometricVerifier):
+    """The real verifier, counting the source boxes whose simulated views it extracts."""
+
+    tilted_extractions = 0
+
+    def tilted_features(self, image: RGBImage, box: BBox) -> SourceFeatures:
+        self.tilted_extractions += 1
+        return super().tilted_features(image, box)
+
+
+def test_simulated_views_are_extracted_only_for_tags_the_frontal_view_does_not_settle(
+    pipeline: Pipeline, demo_set: DemoSet
+) -> None:
+    verifier = _CountingVerifier(pipeline.verifier.config)
+    fresh = Pipeline(pipeline.detector, pipeline.embedder, verifier, pipeline.config)
+    present = [
+        MatchRequest(name, image, _only_tags(demo_set, {p for p, box in demo_set.ground_truth[name].items() if box}))
+        for name, image in demo_set.uploads.items()
+    ]
+    settle = verifier.config.settle_confidence
+
+    results = fresh.run(present)
+
+    assert all(m.found for r in results for m in r.matches)
+    unsettled = {m.product_id for r in results for m in r.matches if m.confidence < settle}
+    assert verifier.tilted_extractions == len(unsettled) < len(demo_set.product_ids)
+    everything = [MatchRequest(n, image, demo_set.source_images()) for n, image in demo_set.uploads.items()]
+    fresh.run(everything)
+    assert verifier.tilted_extractions == len(demo_set.product_ids)  # an absent product never settles
+    fresh.run(everything)
+    assert verifier.tilted_extractions == len(demo_set.product_ids)  # and its views are cached
+
+
+def _only_tags(demo_set: DemoSet, product_ids: set[str]) -> tuple[SourceImage, ...]:
+    return tuple(
+        SourceImage(s.key, s.image, tuple(t for t in s.tags if t.product_id in product_ids))
+        for s in demo_set.source_images()
+    )
 
 
 class _CountingEmbedder:
