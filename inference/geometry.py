@@ -338,7 +338,57 @@ class GeometricVerifier:
     def fit(
         self, matches: Correspondences, source: SourceFeatures, target: TargetFeatures, source_box: BBox
     ) -> GeometricMatch | None:
-        """The best geometric model of ``matches`` that passes every sanity rule, if any."""
+        """The best geometric model of ``matches`` that passes every sanity rule, if any.
+
+        A model short of ``settle_confidence`` is grown by guided matching (`guided_correspondences`)
+        and refitted: on a 3D product the first model usually rests on one face or one label, and
+        the correct matches the global ratio test dropped lie where that model puts them.
+        """
+        found = self._fit_rigid(matches, source, target, source_box)
+        if found is None or found.confidence >= self.config.settle_confidence:
+            return found
+        grown = self._fit_rigid(
+            self.guided_correspondences(found.homography, source, target, source_box), source, target, source_box
+        )
+        return grown if grown is not None else found
+
+    def guided_correspondences(
+        self, model: DoubleArray, source: SourceFeatures, target: TargetFeatures, source_box: BBox
+    ) -> Correspondences:
+        """Ratio-test matches searched only near where ``model`` (3x3, source -> target) puts each source keypoint.
+
+        The global ratio test drops a correct match whenever some descriptor anywhere in the
+        photo is nearly as close (repeated print, a similar product, another face of the box);
+        within a window around the predicted position that competition is gone (Hartley &
+        Zisserman's guided matching). The window's radius is the deformation tolerance of
+        the local model, ``local_tolerance`` of the product's projected diagonal, so the parts of
+        a 3D product off the model's plane are still reached.
+        """
+        cfg = self.config
+        empty = Correspondences(np.zeros((0, 2)), np.zeros((0, 2)))
+        inside = _points_in_box(source.keypoints, source_box)
+        points = source.keypoints[inside].astype(np.float64)
+        predicted, corners = _project(model, points), _project(model, _box_corners(source_box))
+        if predicted is None or corners is None or len(points) == 0:
+            return empty
+        low, high = corners[0].min(axis=0), corners[0].max(axis=0)
+        radius = max(cfg.local_tolerance * float(np.hypot(*(high - low))), cfg.ransac_threshold / target.scale)
+        candidates = np.flatnonzero(
+            np.all((target.keypoints >= low - radius) & (target.keypoints <= high + radius), axis=1)
+        )
+        if len(candidates) == 0:
+            return empty
+        nearby = target.keypoints[candidates].astype(np.float64)
+        distance = np.linalg.norm(predicted[0][:, None, :] - nearby[None, :, :], axis=2)
+        similarity = _cosines(source.descriptors[inside], target.descriptors[candidates])
+        similarity[distance > radius] = -np.inf
+        rows, columns = _ratio_matches(similarity, cfg.lowe_ratio)
+        return Correspondences(points[rows], nearby[columns])
+
+    def _fit_rigid(
+        self, matches: Correspondences, source: SourceFeatures, target: TargetFeatures, source_box: BBox
+    ) -> GeometricMatch | None:
+        """A homography, else an affine map, fitted to ``matches`` and passing every sanity rule."""
         cfg = self.config
         if len(matches.source) < cfg.min_inliers:
             return None
@@ -612,20 +662,35 @@ def _match_descriptors(query: FloatArray, train: FloatArray, ratio: float) -> tu
     nearest-neighbour check would instead drop correct matches whose source point also occurs,
     nearly identical, in another simulated view.
 
-    The product runs in torch, on the thread pool the models use: numpy's BLAS keeps its own
+    The product runs in torch (`_cosines`), on the thread pool the models use: numpy's BLAS keeps its own
     threads spinning after a product, and on a 2-core host they slowed the detector pass that
     follows from ~70 to ~140 ms.
     """
     empty = np.zeros(0, dtype=np.intp)
     if len(query) == 0 or len(train) < 2:
         return empty, empty
-    similarity = (torch.from_numpy(query) @ torch.from_numpy(train).T).numpy()
-    rows = np.arange(len(query))
+    return _ratio_matches(_cosines(query, train), ratio)
+
+
+def _cosines(query: FloatArray, train: FloatArray) -> FloatArray:
+    """Every query unit vector's cosine with every train one, in torch (see `_match_descriptors`)."""
+    return np.asarray((torch.from_numpy(query) @ torch.from_numpy(train).T).numpy())
+
+
+def _ratio_matches(similarity: FloatArray, ratio: float) -> tuple[IndexArray, IndexArray]:
+    """(row, column) pairs of a cosine matrix that pass the ratio test, one row per column.
+
+    ``-inf`` marks a pair that is not a candidate. A row with a single candidate compares it
+    with the farthest a RootSIFT descriptor can be (orthogonal: squared distance 2).
+    """
+    rows = np.arange(len(similarity))
     best = np.argmax(similarity, axis=1)
-    nearest = 2.0 - 2.0 * similarity[rows, best]
+    top = similarity[rows, best]
+    nearest = 2.0 - 2.0 * top
     similarity[rows, best] = -np.inf
-    runner_up = 2.0 - 2.0 * similarity.max(axis=1)
-    passed = rows[nearest < (ratio * ratio) * runner_up]
+    second = similarity.max(axis=1)
+    runner_up = np.where(np.isfinite(second), 2.0 - 2.0 * second, 2.0)
+    passed = rows[np.isfinite(top) & (nearest < (ratio * ratio) * runner_up)]
     by_distance = passed[np.argsort(nearest[passed], kind="stable")]
     _, first = np.unique(best[by_distance], return_index=True)
     kept = np.sort(by_distance[first])

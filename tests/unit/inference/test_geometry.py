@@ -171,6 +171,64 @@ def test_all_views_are_the_frontal_and_the_tilted_ones() -> None:
     np.testing.assert_array_equal(both.descriptors, np.vstack([frontal.descriptors, tilted.descriptors]))
 
 
+def _features_with_decoys() -> tuple[SourceFeatures, TargetFeatures, BBox, np.ndarray]:
+    """A product's keypoints seen shifted by (220, 180), and a decoy for those of its right half.
+
+    Each keypoint of the right half has a twin far from the product (a second print of that
+    half elsewhere in the photo), as close to its descriptor as the true one, so the global
+    ratio test cannot choose; the left half's keypoints are unique. Returns source and target
+    features, the source box and the true 3x3 map.
+    """
+    rng = np.random.default_rng(12)
+    box = BBox(100, 100, 360, 150)
+    points = np.column_stack([rng.uniform(box.x, box.x2, 300), rng.uniform(box.y, box.y2, 300)]).astype(np.float32)
+    descriptors = _unit(np.abs(rng.normal(size=(300, 128))))
+    shift, decoy_shift = np.array([220.0, 180.0]), np.array([220.0, -80.0])
+    model = np.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]], [0.0, 0.0, 1.0]])
+    right = points[:, 0] > box.x + box.width / 2
+    target_points = np.vstack([points + shift, points[right] + decoy_shift])
+    observed = np.vstack([descriptors, descriptors[right]])
+    target_descriptors = _unit(observed + np.abs(rng.normal(scale=0.05, size=observed.shape)))
+    source = SourceFeatures(points, descriptors, box, image_width=560, image_height=400, scale=1.0)
+    target = TargetFeatures(target_points.astype(np.float32), target_descriptors, width=800, height=600, scale=1.0)
+    return source, target, box, model
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_guided_matching_recovers_matches_the_global_ratio_test_drops() -> None:
+    source, target, box, model = _features_with_decoys()
+    right_half = BBox(box.x + box.width / 2, box.y, box.width / 2, box.height)
+
+    matches = VERIFIER.correspondences(source, target, box)
+    guided = VERIFIER.guided_correspondences(model, source, target, box)
+
+    assert _count_in(matches.source, right_half) < 0.2 * _count_in(guided.source, right_half)
+    assert len(guided) > 1.5 * len(matches)
+    errors = np.linalg.norm(_project(model, guided.source)[0] - guided.target, axis=1)
+    assert (errors < 1e-3).mean() > 0.95  # the true keypoints, not the decoys or neighbours
+
+
+def test_a_model_short_of_settling_grows_by_guided_matching() -> None:
+    source, target, box, _ = _features_with_decoys()
+    matches = VERIFIER.correspondences(source, target, box)
+
+    never_grown = GeometricVerifier(GeometryConfig(settle_confidence=0.0)).fit(matches, source, target, box)
+    grown = GeometricVerifier(GeometryConfig(settle_confidence=1.0)).fit(matches, source, target, box)
+
+    assert never_grown is not None and grown is not None
+    assert grown.inliers > 1.5 * never_grown.inliers and grown.coverage > never_grown.coverage
+    assert grown.confidence >= never_grown.confidence
+
+
+def _count_in(points: np.ndarray, box: BBox) -> int:
+    return int(
+        ((points[:, 0] >= box.x) & (points[:, 0] <= box.x2) & (points[:, 1] >= box.y) & (points[:, 1] <= box.y2)).sum()
+    )
+
+
 def test_confidence_grows_with_the_evidence() -> None:
     config = GeometryConfig()
     low, high = match_confidence(10, 0.3, 0.05, config), match_confidence(10, 0.3, 0.6, config)
