@@ -680,17 +680,16 @@ def _cosines(query: FloatArray, train: FloatArray) -> FloatArray:
 def _ratio_matches(similarity: FloatArray, ratio: float) -> tuple[IndexArray, IndexArray]:
     """(row, column) pairs of a cosine matrix that pass the ratio test, one row per column.
 
-    ``-inf`` marks a pair that is not a candidate. A row with a single candidate compares it
-    with the farthest a RootSIFT descriptor can be (orthogonal: squared distance 2).
+    ``-inf`` marks a pair that is not a candidate; a row needs two candidates, since a lone one
+    has nothing to be clearly better than (measured: accepting lone candidates in guided
+    matching let chance models collect as much evidence as real ones).
     """
     rows = np.arange(len(similarity))
     best = np.argmax(similarity, axis=1)
-    top = similarity[rows, best]
-    nearest = 2.0 - 2.0 * top
+    nearest = 2.0 - 2.0 * similarity[rows, best]
     similarity[rows, best] = -np.inf
-    second = similarity.max(axis=1)
-    runner_up = np.where(np.isfinite(second), 2.0 - 2.0 * second, 2.0)
-    passed = rows[np.isfinite(top) & (nearest < (ratio * ratio) * runner_up)]
+    runner_up = 2.0 - 2.0 * similarity.max(axis=1)
+    passed = rows[np.isfinite(runner_up) & (nearest < (ratio * ratio) * runner_up)]
     by_distance = passed[np.argsort(nearest[passed], kind="stable")]
     _, first = np.unique(best[by_distance], return_index=True)
     kept = np.sort(by_distance[first])
