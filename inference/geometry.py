@@ -191,6 +191,30 @@ class Correspondences:
 
 
 @dataclass(frozen=True, eq=False)
+class _Candidates:
+    """Source keypoints that passed the ratio test, their nearest target keypoint and its distance.
+
+    The one-match-per-target-keypoint rule is applied last (`correspondences`), so candidates of
+    several views of one box can be pooled first and give the matches of all views at once.
+    """
+
+    source: DoubleArray
+    columns: IndexArray
+    distances: FloatArray
+
+    def plus(self, other: _Candidates) -> _Candidates:
+        return _Candidates(
+            np.vstack([self.source, other.source]),
+            np.concatenate([self.columns, other.columns]),
+            np.concatenate([self.distances, other.distances]),
+        )
+
+    def correspondences(self, target: TargetFeatures) -> Correspondences:
+        kept = _nearest_per_column(self.columns, self.distances)
+        return Correspondences(self.source[kept], target.keypoints[self.columns[kept]].astype(np.float64))
+
+
+@dataclass(frozen=True, eq=False)
 class GeometricMatch:
     """Where the source box lies in the target, and how strongly the correspondences support it."""
 
@@ -293,26 +317,29 @@ class GeometricVerifier:
     def verify_views(
         self,
         frontal: SourceFeatures,
-        all_views: Callable[[], SourceFeatures],
+        tilted: Callable[[], SourceFeatures],
         target: TargetFeatures,
         source_box: BBox,
         settle_confidence: float | None = None,
     ) -> Verification:
-        """``verify``, frontal view first: every simulated view only when the frontal one does not settle it.
+        """``verify``, frontal view first: the simulated views only when the frontal one does not settle it.
 
-        ``all_views`` gives the features of every view (frontal included) and is called only
-        when needed, so callers can extract and cache the tilted views lazily. A frontal match
-        settles it with a confidence of ``settle_confidence`` (default: the configured one); pass
-        a higher value when a caller's threshold is above it, so that a match the simulated views
-        would make confident enough is never cut short.
+        ``tilted`` gives the simulated views' features and is called only when needed, so
+        callers can extract and cache them lazily. A frontal match settles it with a confidence
+        of ``settle_confidence`` (default: the configured one); pass a higher value when a
+        caller's threshold is above it, so that a match the simulated views would make confident
+        enough is never cut short. The frontal view's ratio-test matches are kept for the second
+        step, which gives exactly the matches of all views matched at once.
         """
         settle = self.config.settle_confidence if settle_confidence is None else settle_confidence
-        matches = self.correspondences(frontal, target, source_box)
+        frontal_candidates = self._ratio_candidates(frontal, target, source_box)
+        matches = frontal_candidates.correspondences(target)
         match = self.fit(matches, frontal, target, source_box)
         if not self.config.source_tilts or (match is not None and match.confidence >= settle):
             return Verification(frontal, matches, match)
-        source = all_views()
-        matches = self.correspondences(source, target, source_box)
+        views = tilted()
+        source = frontal.joined(views)
+        matches = frontal_candidates.plus(self._ratio_candidates(views, target, source_box)).correspondences(target)
         return Verification(source, matches, self.fit(matches, source, target, source_box))
 
     def verify(self, source: SourceFeatures, target: TargetFeatures, source_box: BBox) -> GeometricMatch | None:
@@ -329,11 +356,12 @@ class GeometricVerifier:
         Kept apart from ``fit`` because the matches are evidence on their own: a deformed product
         (a bag, a shirt) fails every rigid model yet still has many matches inside its box.
         """
+        return self._ratio_candidates(source, target, source_box).correspondences(target)
+
+    def _ratio_candidates(self, source: SourceFeatures, target: TargetFeatures, source_box: BBox) -> _Candidates:
         inside = _points_in_box(source.keypoints, source_box)
-        src_idx, dst_idx = _match_descriptors(source.descriptors[inside], target.descriptors, self.config.lowe_ratio)
-        return Correspondences(
-            source.keypoints[inside][src_idx].astype(np.float64), target.keypoints[dst_idx].astype(np.float64)
-        )
+        rows, columns, distances = _ratio_test(source.descriptors[inside], target.descriptors, self.config.lowe_ratio)
+        return _Candidates(source.keypoints[inside][rows].astype(np.float64), columns, distances)
 
     def fit(
         self, matches: Correspondences, source: SourceFeatures, target: TargetFeatures, source_box: BBox
@@ -382,8 +410,9 @@ class GeometricVerifier:
         distance = np.linalg.norm(predicted[0][:, None, :] - nearby[None, :, :], axis=2)
         similarity = _cosines(source.descriptors[inside], target.descriptors[candidates])
         similarity[distance > radius] = -np.inf
-        rows, columns = _ratio_matches(similarity, cfg.lowe_ratio)
-        return Correspondences(points[rows], nearby[columns])
+        rows, columns, distances = _ratio_test_of(similarity, cfg.lowe_ratio)
+        kept = _nearest_per_column(columns, distances)
+        return Correspondences(points[rows[kept]], nearby[columns[kept]])
 
     def _fit_rigid(
         self, matches: Correspondences, source: SourceFeatures, target: TargetFeatures, source_box: BBox
@@ -470,7 +499,7 @@ class GeometricVerifier:
         return points, np.asarray(descriptors, dtype=np.float32)
 
     def _normalise(self, descriptors: FloatArray) -> FloatArray:
-        """Unit vectors, so that matching is one matrix product (see `_match_descriptors`)."""
+        """Unit vectors, so that matching is one matrix product (see `_ratio_test`)."""
         if self.config.feature == "rootsift":
             l1 = np.maximum(np.abs(descriptors).sum(axis=1, keepdims=True), 1e-7)
             return np.sqrt(descriptors / l1).astype(np.float32)
@@ -653,36 +682,32 @@ def _points_in_box(points: FloatArray | DoubleArray, box: BBox) -> BoolArray:
     return np.asarray((x >= box.x) & (x <= box.x2) & (y >= box.y) & (y <= box.y2), dtype=bool)
 
 
-def _match_descriptors(query: FloatArray, train: FloatArray, ratio: float) -> tuple[IndexArray, IndexArray]:
-    """Indices of (query, train) pairs that pass the ratio test, one query per train keypoint.
+def _ratio_test(query: FloatArray, train: FloatArray, ratio: float) -> tuple[IndexArray, IndexArray, FloatArray]:
+    """Query rows whose nearest train descriptor passes Lowe's ratio test: (rows, nearest column, its distance).
 
     Descriptors are unit vectors, so one BLAS product yields every squared distance as 2 - 2 cos:
-    several times faster than OpenCV's brute-force matcher, and exact, unlike FLANN. When several
-    source keypoints pick the same target keypoint only the closest is kept; a symmetric
-    nearest-neighbour check would instead drop correct matches whose source point also occurs,
-    nearly identical, in another simulated view.
+    several times faster than OpenCV's brute-force matcher, and exact, unlike FLANN.
 
-    The product runs in torch (`_cosines`), on the thread pool the models use: numpy's BLAS keeps its own
-    threads spinning after a product, and on a 2-core host they slowed the detector pass that
-    follows from ~70 to ~140 ms.
+    The product runs in torch (`_cosines`), on the thread pool the models use: numpy's BLAS keeps
+    its own threads spinning after a product, and on a 2-core host they slowed the detector pass
+    that follows from ~70 to ~140 ms.
     """
-    empty = np.zeros(0, dtype=np.intp)
     if len(query) == 0 or len(train) < 2:
-        return empty, empty
-    return _ratio_matches(_cosines(query, train), ratio)
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float32)
+    return _ratio_test_of(_cosines(query, train), ratio)
 
 
 def _cosines(query: FloatArray, train: FloatArray) -> FloatArray:
-    """Every query unit vector's cosine with every train one, in torch (see `_match_descriptors`)."""
+    """Every query unit vector's cosine with every train one, in torch (see `_ratio_test`)."""
     return np.asarray((torch.from_numpy(query) @ torch.from_numpy(train).T).numpy())
 
 
-def _ratio_matches(similarity: FloatArray, ratio: float) -> tuple[IndexArray, IndexArray]:
-    """(row, column) pairs of a cosine matrix that pass the ratio test, one row per column.
+def _ratio_test_of(similarity: FloatArray, ratio: float) -> tuple[IndexArray, IndexArray, FloatArray]:
+    """`_ratio_test` on a cosine matrix, in which ``-inf`` marks a pair that is not a candidate.
 
-    ``-inf`` marks a pair that is not a candidate; a row needs two candidates, since a lone one
-    has nothing to be clearly better than (measured: accepting lone candidates in guided
-    matching let chance models collect as much evidence as real ones).
+    A row needs two candidates, since a lone one has nothing to be clearly better than
+    (measured: accepting lone candidates in guided matching let chance models collect as much
+    evidence as real ones).
     """
     rows = np.arange(len(similarity))
     best = np.argmax(similarity, axis=1)
@@ -690,10 +715,19 @@ def _ratio_matches(similarity: FloatArray, ratio: float) -> tuple[IndexArray, In
     similarity[rows, best] = -np.inf
     runner_up = 2.0 - 2.0 * similarity.max(axis=1)
     passed = rows[np.isfinite(runner_up) & (nearest < (ratio * ratio) * runner_up)]
-    by_distance = passed[np.argsort(nearest[passed], kind="stable")]
-    _, first = np.unique(best[by_distance], return_index=True)
-    kept = np.sort(by_distance[first])
-    return kept, best[kept]
+    return passed, best[passed], nearest[passed].astype(np.float32)
+
+
+def _nearest_per_column(columns: IndexArray, distances: FloatArray) -> IndexArray:
+    """Indices (ascending) of the closest of the candidates sharing each column.
+
+    When several source keypoints pick the same target keypoint only the closest is kept; a
+    symmetric nearest-neighbour check would instead drop correct matches whose source point
+    also occurs, nearly identical, in another simulated view.
+    """
+    by_distance = np.argsort(distances, kind="stable")
+    _, first = np.unique(columns[by_distance], return_index=True)
+    return np.sort(by_distance[first])
 
 
 def _pairs(count: int, limit: int) -> tuple[IndexArray, IndexArray]:

@@ -151,7 +151,7 @@ class Pipeline:
             threshold = request.similarity_threshold if request.similarity_threshold is not None else default_threshold
             checked = self.verifier.verify_views(
                 self._cached_features(job, "frontal"),
-                lambda job=job: self._all_views(job),  # type: ignore[misc]
+                lambda job=job: self._cached_features(job, "tilted"),  # type: ignore[misc]
                 targets[job.request_index],
                 job.box,
                 max(self.verifier.config.settle_confidence, threshold),
@@ -162,9 +162,6 @@ class Pipeline:
                 job.geometric = GeometricEvidence(checked.match.bbox, checked.match.confidence)
             elif job.textured and len(job.matches) >= self.config.search.min_local_support:
                 job.local = self.verifier.local_model(job.matches, checked.source, targets[job.request_index], job.box)
-
-    def _all_views(self, job: _TagJob) -> SourceFeatures:
-        return self._cached_features(job, "frontal").joined(self._cached_features(job, "tilted"))
 
     def _cached_features(self, job: _TagJob, views: _Views) -> SourceFeatures:
         """A source box's features of the frontal or the simulated views, computed once and cached."""

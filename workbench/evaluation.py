@@ -597,9 +597,9 @@ class CachingVerifier:
         if key not in self._frontal:
             self._frontal[key] = self.verifier.frontal_features(source, box)
 
-        def all_views() -> SourceFeatures:
+        def tilted() -> SourceFeatures:
             if key not in self._tilted:
                 self._tilted[key] = self.verifier.tilted_features(source, box)
-            return self._frontal[key].joined(self._tilted[key])
+            return self._tilted[key]
 
-        return self.verifier.verify_views(self._frontal[key], all_views, self._targets[target_key], box).match
+        return self.verifier.verify_views(self._frontal[key], tilted, self._targets[target_key], box).match

@@ -115,14 +115,14 @@ def test_a_turned_product_gets_the_box_the_evidence_supports_not_the_turned_sour
 
 
 class _CountingViews:
-    """``all_views`` for `GeometricVerifier.verify_views` that counts how often it is asked."""
+    """``tilted`` for `GeometricVerifier.verify_views` that counts how often it is asked."""
 
     def __init__(self, image: RGBImage, box: BBox) -> None:
         self.image, self.box, self.calls = image, box, 0
 
     def __call__(self) -> SourceFeatures:
         self.calls += 1
-        return VERIFIER.source_features(self.image, self.box)
+        return VERIFIER.tilted_features(self.image, self.box)
 
 
 def test_a_confident_frontal_match_settles_without_the_simulated_views() -> None:
@@ -157,6 +157,10 @@ def test_an_oblique_view_falls_back_to_the_simulated_views() -> None:
 
     assert frontal_only is None or frontal_only.confidence < VERIFIER.config.settle_confidence
     assert views.calls == 1
+    # The frontal view's matches are reused, and together they are exactly all views' matches.
+    at_once = VERIFIER.correspondences(VERIFIER.source_features(source, box), target, box)
+    np.testing.assert_array_equal(checked.matches.source, at_once.source)
+    np.testing.assert_array_equal(checked.matches.target, at_once.target)
     assert checked.match is not None
     expected = _project_box(oblique, box)
     assert checked.match.bbox.iou(BBox.from_xyxy(*expected.min(axis=0), *expected.max(axis=0))) > 0.8
