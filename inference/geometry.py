@@ -41,6 +41,8 @@ ModelType = Literal["homography", "affine"]
 # threshold than plain RANSAC and more stable at low inlier ratios; RANSAC keeps old builds working.
 _HOMOGRAPHY_METHOD: int = getattr(cv2, "USAC_MAGSAC", cv2.RANSAC)
 _DESCRIPTOR_SIZE = 128
+# Source keypoints handled at once by guided matching (bounds its distance matrices to ~30 MB).
+_GUIDED_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -406,13 +408,22 @@ class GeometricVerifier:
         )
         if len(candidates) == 0:
             return empty
-        nearby = target.keypoints[candidates].astype(np.float64)
-        distance = np.linalg.norm(predicted[0][:, None, :] - nearby[None, :, :], axis=2)
-        similarity = _cosines(source.descriptors[inside], target.descriptors[candidates])
-        similarity[distance > radius] = -np.inf
-        rows, columns, distances = _ratio_test_of(similarity, cfg.lowe_ratio)
-        kept = _nearest_per_column(columns, distances)
-        return Correspondences(points[rows[kept]], nearby[columns[kept]])
+        nearby = target.keypoints[candidates].astype(np.float32)
+        descriptors, train = source.descriptors[inside], target.descriptors[candidates]
+        found: list[tuple[IndexArray, IndexArray, FloatArray]] = []
+        # Rows in chunks: all views of a large box against every keypoint under its projection
+        # would otherwise be a few hundred megabytes of distances at once.
+        for start in range(0, len(points), _GUIDED_ROWS):
+            chunk = slice(start, start + _GUIDED_ROWS)
+            offsets = predicted[0][chunk, None, :].astype(np.float32) - nearby[None, :, :]
+            similarity = _cosines(descriptors[chunk], train)
+            similarity[np.einsum("ijk,ijk->ij", offsets, offsets) > radius * radius] = -np.inf
+            rows, columns, distances = _ratio_test_of(similarity, cfg.lowe_ratio)
+            found.append((rows + start, columns, distances))
+        rows = np.concatenate([f[0] for f in found])
+        columns = np.concatenate([f[1] for f in found])
+        kept = _nearest_per_column(columns, np.concatenate([f[2] for f in found]))
+        return Correspondences(points[rows[kept]], nearby[columns[kept]].astype(np.float64))
 
     def _fit_rigid(
         self, matches: Correspondences, source: SourceFeatures, target: TargetFeatures, source_box: BBox
