@@ -550,6 +550,18 @@ def _peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM in /proc status")
 
 
+def _settled_rss_mb(pid: int, window_s: float = 3.0) -> float:
+    """The process's lowest resident memory (VmRSS) over a short idle window, in MiB."""
+    lowest = float("inf")
+    deadline = time.monotonic() + window_s
+    while time.monotonic() < deadline:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                lowest = min(lowest, int(line.split()[1]) / 1024)
+        time.sleep(0.2)
+    return lowest
+
+
 def test_large_images_keep_the_worker_within_its_memory_bound(
     broker: Broker, workers: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -557,7 +569,9 @@ def test_large_images_keep_the_worker_within_its_memory_bound(
 
     Before images were reduced on decode, two such events took the worker to 6.6 GB. Now each
     decoded copy is at most 2048 px a side and a batch holds a bounded number of them: the
-    peak stays under the bound, and later rounds of events (new URLs) do not raise it.
+    peak stays under the bound, and later rounds of events (new URLs) leave the idle worker no
+    bigger. The peak itself is not compared between rounds: with two batches in flight it
+    depends on whether a round's two events share a batch (1557 or 1758 MiB in CI: 16 decoded images).
     """
     uploads, suggestions, _ = _topics("bigpixels")
     buffer = io.BytesIO()
@@ -577,17 +591,19 @@ def test_large_images_keep_the_worker_within_its_memory_bound(
             host.routes[f"/big.png?n={index}"] = status(200, buffer.getvalue(), "image/png")
         worker = workers.start("bigpixels", "bigpixels")
         peaks = []
+        settled: list[float] = []
         sent: list[dict[str, Any]] = []
         for round_ in range(3):
             sent += asyncio.run(produce_uploads(broker.url, uploads, [event(2 * round_), event(2 * round_ + 1)]))
             answered = _wait_ids(broker, suggestions, {e["event_id"] for e in sent}, timeout_s=300)
             peaks.append(_peak_rss_mb(worker.process.pid))
+            settled.append(_settled_rss_mb(worker.process.pid))
         fetched = sum(host.hits.values())
 
     assert answered == {e["event_id"] for e in sent}
     assert fetched == 17 * 6
     assert max(peaks) < LARGE_IMAGE_RSS_BOUND_MB, f"peak RSS {peaks} MiB"
-    assert peaks[2] - peaks[0] < 64, f"later rounds raised the peak: {peaks} MiB"
+    assert settled[2] - settled[0] < 64, f"later rounds left the idle worker bigger: {settled} MiB"
     report(
         tmp_path_factory,
         "36 MP images (120 KB PNG): 3 rounds of 2 events x (target + 16 distinct sources)",
@@ -595,5 +611,6 @@ def test_large_images_keep_the_worker_within_its_memory_bound(
         len(answered),
         0,
         peak_rss_mib_after_each_round=[round(p) for p in peaks],
+        settled_rss_mib_after_each_round=[round(p) for p in settled],
         bound_mib=LARGE_IMAGE_RSS_BOUND_MB,
     )
