@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+import cv2
 import numpy as np
 import torch
 
@@ -45,8 +46,12 @@ def quiet_ultralytics_environment() -> None:
 
 def load_yolo(source: str) -> YOLO:
     quiet_ultralytics_environment()
+    opencv_threads = cv2.getNumThreads()
     from ultralytics import YOLO
 
+    # Importing Ultralytics switches OpenCV's threading off (for DataLoader worker processes,
+    # which this service never forks); the geometric verifier's SIFT runs ~30% faster with it.
+    cv2.setNumThreads(opencv_threads)
     return YOLO(source)
 
 
