@@ -101,7 +101,7 @@ class Pipeline:
                 torch_threads=models.torch_threads,
             )
             embedder = ClipEmbedder(models.embedder, models.device, models.precision, models.torch_threads)
-        return cls(detector, embedder, GeometricVerifier(config.geometry), config)
+        return cls(detector, embedder, GeometricVerifier(config.geometry, models.torch_threads), config)
 
     @property
     def source_cache_misses(self) -> int:

@@ -271,6 +271,15 @@ def test_each_tilted_view_keeps_at_most_its_keypoint_budget() -> None:
     assert len(frontal_only.keypoints) < len(budgeted.keypoints) <= len(frontal_only.keypoints) + 5 * views
 
 
+def test_simulated_views_side_by_side_give_the_same_features_as_one_after_another() -> None:
+    image, box = _textured_image(640, 480, seed=7), BBox(150, 100, 300, 220)
+    sequential = GeometricVerifier(threads=1).tilted_features(image, box)
+    pooled = GeometricVerifier(threads=3).tilted_features(image, box)
+    assert len(sequential.keypoints) > 100
+    np.testing.assert_array_equal(pooled.keypoints, sequential.keypoints)
+    np.testing.assert_array_equal(pooled.descriptors, sequential.descriptors)
+
+
 def test_quad_rules_reject_bow_ties_mirrors_and_darts() -> None:
     rectangle = _corners(BBox(0, 0, 10, 10))
     assert _is_convex_same_orientation(rectangle + 3.0, rectangle)
