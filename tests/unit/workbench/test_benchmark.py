@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 from support.pipelines.offline import offline_pipeline
 
+from inference.geometry import GeometricVerifier
 from inference.pipeline import Pipeline
 from workbench.benchmark import (
+    BenchConfig,
     BenchUpload,
     StrategyRun,
     _same_uploads_ratio,
     _spread,
+    _warm_up,
     full_decoder,
     photo_uploads,
     run_strategy,
@@ -77,6 +80,19 @@ def test_a_run_reports_throughput_latency_percentiles_and_stages(pipeline: Pipel
     assert report["uploads_per_s"] > 0
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p95"]
     assert {"fetch_decode", "detect", "verify"} <= set(report["stage_ms_per_upload"])
+
+
+def test_the_warm_up_runs_the_verifier_but_leaves_the_catalogue_uncached(
+    pipeline: Pipeline, photos: list[BenchUpload]
+) -> None:
+    fresh = Pipeline(pipeline.detector, pipeline.embedder, GeometricVerifier(), pipeline.config)
+    decode = worker_decoder(2048)
+    _warm_up(fresh, photos, decode, BenchConfig())
+    warmed = fresh.source_cache_misses
+    assert warmed > 0  # generated catalogue boxes went through the verifier
+
+    run_strategy(fresh.run, photos[:1], decode, 1)
+    assert fresh.source_cache_misses - warmed >= sum(len(tags) for _, _, tags in photos[0].sources)
 
 
 def test_reference_uploads_are_spread_over_the_set_and_nested() -> None:
