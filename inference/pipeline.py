@@ -31,6 +31,7 @@ from inference.geometry import Correspondences, GeometricVerifier, LocalMatch, S
 from inference.runtime import keep_thread_count
 from inference.tags import tag_error
 from inference.types import BBox, Detection, MatchRequest, MatchResult, SourceImage, SourceTag, TagMatch
+from inference.warm_up import DEFAULT_SHAPES, warm_up
 
 
 @dataclass
@@ -102,6 +103,15 @@ class Pipeline:
             )
             embedder = ClipEmbedder(models.embedder, models.device, models.precision, models.torch_threads)
         return cls(detector, embedder, GeometricVerifier(config.geometry, models.torch_threads), config)
+
+    def warm_up(self, shapes: Sequence[tuple[int, int]] = DEFAULT_SHAPES, batch_size: int = 1) -> None:
+        """Pays the process's one-time costs (lazy imports, per-shape set-up) before the first upload.
+
+        Generated pictures of ``shapes`` (height, width) go through every network and the
+        verifier; the caches are not touched (`inference.warm_up`).
+        """
+        search = self.config.search
+        warm_up(self.detector, self.embedder, self.verifier, shapes, batch_size, search.detection_confidence)
 
     @property
     def source_cache_misses(self) -> int:
