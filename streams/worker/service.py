@@ -153,6 +153,9 @@ def run_worker(settings: Settings) -> None:
     app = build_worker_app(settings, fatal)
     # Logging is the CLI's (streams.logs): mode's worker would replace it with its own format.
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level.upper(), quiet=True, override_logging=False)
+    # Its start-up spinner ends by writing a cursor escape and no newline to stdout, even when
+    # stdout is not a terminal: that glued itself to the next log line and broke JSON-lines logs.
+    worker.spinner = None
     try:
         worker.execute_from_commandline()
     except SystemExit:

@@ -137,3 +137,4 @@ def test_logs_are_json_lines_carrying_the_event(
     assert loaded["load_seconds"] > 0
     ours = [line for line in observed.process.output().splitlines() if " streams." in line and not line.startswith("{")]
     assert ours == [], "every log line of ours is JSON"
+    assert "\x1b[" not in observed.process.output(), "no terminal escapes (faust's spinner) mangle the log lines"
