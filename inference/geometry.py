@@ -45,6 +45,8 @@ _HOMOGRAPHY_METHOD: int = getattr(cv2, "USAC_MAGSAC", cv2.RANSAC)
 _DESCRIPTOR_SIZE = 128
 # Source keypoints handled at once by guided matching (bounds its distance matrices to ~30 MB).
 _GUIDED_ROWS = 1024
+# Most simulated views of one box extracted at once (`GeometricVerifier`): bounds their memory.
+_MAX_VIEW_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -256,18 +258,14 @@ class GeometricVerifier:
     def __init__(self, config: GeometryConfig | None = None, threads: int | None = None) -> None:
         self.config = config or GeometryConfig()
         self.threads = threads or default_thread_count()
-        self._pool: ThreadPoolExecutor | None = None
-
-    def _views_pool(self) -> ThreadPoolExecutor:
-        """Threads that extract a source box's simulated views side by side (OpenCV releases the GIL).
-
-        The views are small (at most ``tilt_max_side``), where OpenCV's own threads inside one
-        SIFT pass help little: side by side, a box's 18 views take 91 instead of 129 ms on two
-        cores (eval-dev boxes), with identical features.
-        """
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="sift-views")
-        return self._pool
+        # Threads that extract a source box's simulated views side by side (OpenCV releases the
+        # GIL). The views are small (at most ``tilt_max_side``), where OpenCV's own threads
+        # inside one SIFT pass help little: side by side, a box's 18 views take 91 instead of
+        # 129 ms on two cores (eval-dev boxes), with identical features. At most
+        # _MAX_VIEW_THREADS: each view in flight holds its own scale-space pyramid, so on a
+        # many-core host an uncapped pool would add its pyramids to the worker's peak memory.
+        self._views = min(self.threads, _MAX_VIEW_THREADS)
+        self._pool = ThreadPoolExecutor(self._views, thread_name_prefix="sift-views")
 
     def target_features(self, image: RGBImage) -> TargetFeatures:
         height, width = image.shape[:2]
@@ -302,7 +300,7 @@ class GeometricVerifier:
             return _apply(_compose(small_to_crop, to_small), points), descriptors
 
         view_tilts = [(tilt, angle) for tilt in cfg.source_tilts for angle in _tilt_angles(tilt)]
-        views = list(self._views_pool().map(tilted, view_tilts)) if self.threads > 1 else list(map(tilted, view_tilts))
+        views = list(self._pool.map(tilted, view_tilts)) if self._views > 1 else list(map(tilted, view_tilts))
         scale = _working_scale(crop.shape[1], crop.shape[0], cfg.max_side)
         return self._source(image, box, views, (x1, y1), scale)
 

@@ -4,13 +4,14 @@ The first call through each code path costs more than every later one: Python im
 lazily (``np.unique`` loads ``numpy.ma`` on first use: 66 ms where no bytecode is cached), and
 oneDNN sets up each new input shape of a network once (≈ 50 ms for YOLO26n on a 0.5 MP photo).
 Without a warm-up the first upload after a worker starts pays all of it (an eval-dev photo:
-502 instead of 228 ms). The warm-up runs every network and the verifier's whole path on
-generated pictures, never touching the pipeline's caches, so no catalogue entry or cache
+502 instead of 228 ms). The warm-up runs every network and the verifier on generated
+pictures, never touching the pipeline's caches, so no catalogue entry or cache
 counter comes from it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import cv2
@@ -22,8 +23,9 @@ from inference.embedder import Embedder
 from inference.geometry import GeometricVerifier
 from inference.types import BBox, RGBImage
 
-# Upload shapes (height, width) warmed by default: phone photos reduced by the decoder, landscape
-# and portrait, 4:3, the aspect most cameras shoot; other shapes pay their set-up once, later.
+# Shapes (height, width) warmed by default: 4:3 landscape and portrait, the aspect most cameras
+# shoot, at the detector's 640 px input (it letterboxes every photo to that long side); other
+# aspects pay their detector set-up once, later.
 DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((480, 640), (640, 480))
 
 
@@ -31,9 +33,9 @@ def warm_up(
     detector: Detector,
     embedder: Embedder,
     verifier: GeometricVerifier,
-    shapes: Sequence[tuple[int, int]] = DEFAULT_SHAPES,
-    batch_size: int = 1,
-    detection_confidence: float = 0.25,
+    shapes: Sequence[tuple[int, int]],
+    batch_size: int,
+    detection_confidence: float,
 ) -> None:
     """Each shape through the detector and the verifier alone, then ``batch_size`` of them together."""
     rng = np.random.default_rng(0)
@@ -58,15 +60,16 @@ def textured_picture(rng: np.random.Generator, height: int, width: int) -> RGBIm
 
 
 def _verify_itself(verifier: GeometricVerifier, picture: RGBImage, simulated_views: bool = True) -> None:
-    """The verifier's whole path on a box matched against its own picture.
+    """Features, matching, the rigid fit and the local model of a box against its own picture.
 
-    The simulated views' path is shape-independent and the costliest part (≈ 0.4 s), so later
-    shapes let the frontal view settle the match.
+    A picture matched with itself settles at once, so guided matching and the affine fallback
+    are not warmed: their first use may still pay a little. The simulated views are
+    shape-independent and the costliest part (≈ 0.4 s), so only the first shape extracts them.
     """
     height, width = picture.shape[:2]
     box = BBox(width / 4, height / 4, width / 2, height / 2)
     target = verifier.target_features(picture)
     frontal = verifier.frontal_features(picture, box)
-    settle = 1.0 if simulated_views else None  # nothing settles at 1.0: the simulated views are matched too
+    settle = math.inf if simulated_views else None  # nothing settles at infinity: the simulated views are used
     checked = verifier.verify_views(frontal, lambda: verifier.tilted_features(picture, box), target, box, settle)
     verifier.local_model(checked.matches, checked.source, target, box)

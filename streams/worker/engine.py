@@ -48,7 +48,7 @@ def load_pipeline(settings: Settings) -> ServingPipeline:
         return factory(settings)
     pipeline = Pipeline.load(pipeline_config(settings))
     # The first upload would otherwise pay the process's one-time costs (≈ 270 ms on a 2-core CPU).
-    pipeline.warm_up()
+    pipeline.warm_up(batch_size=settings.max_batch)
     return pipeline
 
 

@@ -41,7 +41,7 @@ def test_the_verifier_warm_up_pays_the_lazy_import_of_its_first_fit() -> None:
         print(before, "numpy.ma" in sys.modules)
         """
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
     assert result.stdout.split() == ["False", "True"]
 
 

@@ -16,10 +16,13 @@ def test_the_built_in_pipeline_is_warmed_up_when_the_worker_loads_it(cache_dir: 
         import sys
         from streams.settings import Settings
         from streams.worker.engine import load_pipeline
-        pipeline = load_pipeline(Settings())
-        print("numpy.ma" in sys.modules, pipeline.source_cache_misses)
+        before = "numpy.ma" in sys.modules
+        load_pipeline(Settings())
+        print(before, "numpy.ma" in sys.modules)
         """
     )
     env = {**os.environ, "TAGSTREAM_MODELS__OFFLINE": "true", "TAGSTREAM_CACHE_DIR": str(cache_dir)}
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
-    assert result.stdout.split()[-2:] == ["True", "0"]
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env, timeout=300
+    )
+    assert result.stdout.split()[-2:] == ["False", "True"]
