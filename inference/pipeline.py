@@ -50,6 +50,7 @@ class StageClock:
 
 
 _Views = Literal["frontal", "tilted"]
+_FeaturesKey = tuple[str, tuple[float, ...], _Views]
 """The two halves of a source box's features, cached apart: the tilted views are often never needed."""
 
 
@@ -84,7 +85,7 @@ class Pipeline:
         self._source_embeddings: LruCache[tuple[str, tuple[float, ...]], torch.Tensor] = LruCache(
             config.source_cache_size
         )
-        self._source_features: LruCache[tuple[str, tuple[float, ...], _Views], SourceFeatures] = LruCache(
+        self._source_features: LruCache[_FeaturesKey, SourceFeatures] = LruCache(
             config.source_cache_size,
             max_weight=config.source_features_cache_bytes,
             weigh=lambda features: int(features.keypoints.nbytes + features.descriptors.nbytes),
@@ -152,15 +153,14 @@ class Pipeline:
         ]
 
     def _verify(self, requests: Sequence[MatchRequest], jobs: list[_TagJob]) -> None:
-        targets: dict[int, TargetFeatures] = {}
+        targets, first_seen = self._extract(requests, jobs)
         default_threshold = self.config.search.similarity_threshold
         for job in jobs:
             request = requests[job.request_index]
-            if job.request_index not in targets:
-                targets[job.request_index] = self.verifier.target_features(request.target)
             threshold = request.similarity_threshold if request.similarity_threshold is not None else default_threshold
+            key = _features_key(job, "frontal")
             checked = self.verifier.verify_views(
-                self._cached_features(job, "frontal"),
+                first_seen[key] if key in first_seen else self._cached_features(job, "frontal"),
                 lambda job=job: self._cached_features(job, "tilted"),  # type: ignore[misc]
                 targets[job.request_index],
                 job.box,
@@ -173,11 +173,31 @@ class Pipeline:
             elif job.textured and len(job.matches) >= self.config.search.min_local_support:
                 job.local = self.verifier.local_model(job.matches, checked.source, targets[job.request_index], job.box)
 
+    def _extract(
+        self, requests: Sequence[MatchRequest], jobs: list[_TagJob]
+    ) -> tuple[dict[int, TargetFeatures], dict[_FeaturesKey, SourceFeatures]]:
+        """Each request's target features, and the frontal views of the boxes not cached, extracted side by side.
+
+        The frontal views are also cached for later uploads; the simulated views stay lazy.
+        """
+        indices = sorted({job.request_index for job in jobs})
+        unseen: dict[_FeaturesKey, _TagJob] = {}
+        for job in jobs:
+            key = _features_key(job, "frontal")
+            if key not in unseen and self._source_features.get(key) is None:
+                unseen[key] = job
+        targets, frontal = self.verifier.features(
+            [requests[i].target for i in indices], [(job.source.image, job.box) for job in unseen.values()]
+        )
+        for key, features in zip(unseen, frontal, strict=True):
+            self._source_features.put(key, features)
+        return dict(zip(indices, targets, strict=True)), dict(zip(unseen, frontal, strict=True))
+
     def _cached_features(self, job: _TagJob, views: _Views) -> SourceFeatures:
         """A source box's features of the frontal or the simulated views, computed once and cached."""
         extract = self.verifier.frontal_features if views == "frontal" else self.verifier.tilted_features
         return self._source_features.get_or_compute(
-            (job.source.key, _box_key(job.box), views), lambda: extract(job.source.image, job.box)
+            _features_key(job, views), lambda: extract(job.source.image, job.box)
         )
 
     def _clip_could_decide(self, job: _TagJob) -> bool:
@@ -325,6 +345,10 @@ def _tag_jobs(index: int, request: MatchRequest) -> Iterator[_TagJob]:
             error = tag.error or tag_error(tag.product_id, tag.bbox, photo_size, source.scale)
             box = tag.bbox.scaled(source.scale).clip(width, height) if error is None else tag.bbox
             yield _TagJob(index, source, tag, box, error)
+
+
+def _features_key(job: _TagJob, views: _Views) -> _FeaturesKey:
+    return (job.source.key, _box_key(job.box), views)
 
 
 def _box_key(box: BBox) -> tuple[float, ...]:

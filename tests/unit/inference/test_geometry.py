@@ -12,6 +12,7 @@ from support.photos import EVAL_SAMPLE
 
 from inference.config import SearchConfig
 from inference.geometry import (
+    _SIDE_BY_SIDE_PIXELS,
     Correspondences,
     GeometricMatch,
     GeometricVerifier,
@@ -278,6 +279,26 @@ def test_simulated_views_side_by_side_give_the_same_features_as_one_after_anothe
     assert len(sequential.keypoints) > 100
     np.testing.assert_array_equal(pooled.keypoints, sequential.keypoints)
     np.testing.assert_array_equal(pooled.descriptors, sequential.descriptors)
+
+
+def test_targets_and_first_seen_boxes_side_by_side_give_the_one_by_one_features() -> None:
+    targets = [_textured_image(640, 480, seed=8), _textured_image(800, 600, seed=9)]
+    image = _textured_image(1400, 1000, seed=10)
+    small, large = BBox(150, 100, 200, 150), BBox(100, 100, 1100, 800)  # only the first one goes beside the targets
+    verifier = GeometricVerifier(threads=2)
+    assert verifier._crop_pixels(image, small) <= _SIDE_BY_SIDE_PIXELS < verifier._crop_pixels(image, large)
+    features, frontal = verifier.features(targets, [(image, small), (image, large)])
+    for got, target in zip(features, targets, strict=True):
+        alone = verifier.target_features(target)
+        assert len(alone.keypoints) > 100
+        np.testing.assert_array_equal(got.keypoints, alone.keypoints)
+        np.testing.assert_array_equal(got.descriptors, alone.descriptors)
+    for got, box in zip(frontal, (small, large), strict=True):
+        alone_box = verifier.frontal_features(image, box)
+        assert len(alone_box.keypoints) > 50
+        assert got.box == box
+        np.testing.assert_array_equal(got.keypoints, alone_box.keypoints)
+        np.testing.assert_array_equal(got.descriptors, alone_box.descriptors)
 
 
 def test_quad_rules_reject_bow_ties_mirrors_and_darts() -> None:
