@@ -9,9 +9,12 @@ restated there.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from inference.geometry import GeometryConfig
+
+DetectorRuntime = Literal["auto", "torch", "onnxruntime"]
+"""How YOLO runs (`inference.detector.YoloDetector`)."""
 
 SETTING = "setting"
 """Field metadata key: the description of a field that operators may set."""
@@ -37,8 +40,16 @@ class ModelConfig:
     )
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:N or auto.")
     precision: str = setting("fp32", "fp32, bf16 (CPU or GPU) or fp16 (GPU only).")
+    detector_runtime: DetectorRuntime = setting(
+        "auto",
+        "How YOLO runs: onnxruntime (the exported network, faster on a CPU), torch, or auto "
+        "(onnxruntime on the CPU, torch on a GPU).",
+    )
     torch_threads: int | None = setting(None, "torch intra-op threads; default: all cores available to the process.")
     version: str = setting("", "Model version stamped on suggestions (lineage); default: derived from the model names.")
+    # Where the ONNX Runtime detector keeps the networks it exports (empty: ~/.cache/tagstream/onnx);
+    # the stream processor puts them in its cache directory.
+    export_dir: str = ""
 
     @property
     def model_version(self) -> str:

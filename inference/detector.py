@@ -1,4 +1,4 @@
-"""Object detection behind a small interface, with an Ultralytics YOLO implementation."""
+"""Object detection behind a small interface, with an Ultralytics YOLO implementation (torch or ONNX Runtime)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import cv2
 import numpy as np
 import torch
 
+from inference.config import DetectorRuntime
 from inference.runtime import keep_thread_count, resolve_device
 from inference.types import BBox, Detection, RGBImage
+from inference.yolo_onnx import OnnxYolo
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
@@ -56,7 +58,13 @@ def load_yolo(source: str) -> YOLO:
 
 
 class YoloDetector:
-    """YOLO on a list of RGB arrays; Ultralytics batches them into one forward pass."""
+    """YOLO on a list of RGB arrays, one forward pass per micro-batch.
+
+    ``runtime``: ``torch`` runs Ultralytics' predictor; ``onnxruntime`` the same network exported
+    to ONNX with Ultralytics' own pre- and post-processing around it (`inference.yolo_onnx`,
+    ≈ 12 ms less per photo on a 2-core CPU); ``auto`` picks ONNX Runtime on the CPU and torch on
+    a GPU.
+    """
 
     def __init__(
         self,
@@ -65,16 +73,26 @@ class YoloDetector:
         half: bool = False,
         torch_threads: int | None = None,
         image_size: int = 640,
+        runtime: DetectorRuntime = "torch",
+        export_dir: Path | None = None,
     ) -> None:
         self.name = Path(source).name
         self._device = resolve_device(device)
         self._half = half and self._device.type == "cuda"
         self._threads = torch_threads or torch.get_num_threads()
         self._image_size = image_size
+        if runtime == "auto":
+            runtime = "onnxruntime" if self._device.type == "cpu" else "torch"
+        if runtime == "onnxruntime" and self._device.type != "cpu":
+            raise ValueError(f"the onnxruntime detector runtime runs on the CPU only, not on {self._device}")
+        self.runtime = runtime
         with keep_thread_count(self._threads):
             self._model = load_yolo(source)
+            self._onnx = (
+                OnnxYolo(self._model, self._threads, image_size, export_dir) if runtime == "onnxruntime" else None
+            )
             # The first predict builds the predictor (fusing layers, lowering torch's thread
-            # count); doing it here keeps that cost out of the first real batch.
+            # count) or the ONNX session's kernels; doing it here keeps that cost out of the first batch.
             self.detect([np.zeros((64, 64, 3), dtype=np.uint8)], confidence=0.5)
 
     @property
@@ -85,6 +103,10 @@ class YoloDetector:
     def detect(self, images: Sequence[RGBImage], confidence: float) -> list[list[Detection]]:
         if not images:
             return []
+        if self._onnx is not None:
+            with keep_thread_count(self._threads):
+                rows = self._onnx.predict(images, confidence)
+            return [self._detections(r[:, :4], r[:, 4], r[:, 5].astype(int)) for r in rows]
         # Ultralytics treats numpy input as BGR (OpenCV order).
         bgr = [np.ascontiguousarray(image[:, :, ::-1]) for image in images]
         with keep_thread_count(self._threads):
@@ -96,20 +118,23 @@ class YoloDetector:
                 imgsz=self._image_size,
                 verbose=False,
             )
-        names = self.class_names
         detections: list[list[Detection]] = []
         for result in results:
             boxes = cast("Boxes | None", getattr(result, "boxes", None))
             xyxy = _numpy(boxes.xyxy) if boxes is not None else np.zeros((0, 4))
             scores = _numpy(boxes.conf) if boxes is not None else np.zeros(0)
             classes = _numpy(boxes.cls).astype(int) if boxes is not None else np.zeros(0, int)
-            detections.append(
-                [
-                    Detection(BBox.from_xyxy(*map(float, box)), names[cls], float(score), int(cls))
-                    for box, score, cls in zip(xyxy, scores, classes, strict=True)
-                ]
-            )
+            detections.append(self._detections(xyxy, scores, classes))
         return detections
+
+    def _detections(
+        self, xyxy: np.ndarray[Any, Any], scores: np.ndarray[Any, Any], classes: np.ndarray[Any, Any]
+    ) -> list[Detection]:
+        names = self.class_names
+        return [
+            Detection(BBox.from_xyxy(*map(float, box)), names[cls], float(score), int(cls))
+            for box, score, cls in zip(xyxy, scores, classes, strict=True)
+        ]
 
 
 def _numpy(values: Any) -> np.ndarray[Any, Any]:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -101,6 +102,8 @@ class Pipeline:
                 device=models.device,
                 half=models.precision == "fp16",
                 torch_threads=models.torch_threads,
+                runtime=models.detector_runtime,
+                export_dir=Path(models.export_dir) if models.export_dir else None,
             )
             embedder = ClipEmbedder(models.embedder, models.device, models.precision, models.torch_threads)
         return cls(detector, embedder, GeometricVerifier(config.geometry, models.torch_threads), config)

@@ -82,6 +82,7 @@ def _bench(args: argparse.Namespace) -> int:
         working_max_side=settings.fetch.working_max_side,
         device=settings.models.device,
         precision=settings.models.precision,
+        detector_runtime=settings.models.detector_runtime,
     )
     return run_bench(settings, config, args.json, args.inference_only, args.e2e_only, args.rate, args.seconds)
 
@@ -142,6 +143,7 @@ async def _end_to_end(settings: Settings, model_dir: Path, rates: Sequence[float
             "TAGSTREAM_MODELS__EMBEDDER": str(embedder),
             "TAGSTREAM_MODELS__PRECISION": settings.models.precision,
             "TAGSTREAM_MODELS__DEVICE": settings.models.device,
+            "TAGSTREAM_MODELS__DETECTOR_RUNTIME": settings.models.detector_runtime,
             "TAGSTREAM_LOG_LEVEL": "warning",
             "TAGSTREAM_WEB_PORT": str(web_port),
         }

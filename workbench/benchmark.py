@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inference.config import ModelConfig, PipelineConfig
+from inference.config import DetectorRuntime, ModelConfig, PipelineConfig
 from inference.detector import YoloDetector
 from inference.embedder import ClipEmbedder
 from inference.geometry import GeometricVerifier
@@ -59,6 +59,8 @@ class BenchConfig:
     working_max_side: int = 2048  # as the worker's fetcher reduces photos (``TAGSTREAM_FETCH__WORKING_MAX_SIDE``)
     precision: str = "fp32"
     device: str = "cpu"
+    # ``ModelConfig.detector_runtime``: the pipeline and the reference share the detector instances.
+    detector_runtime: DetectorRuntime = "auto"
     seed: int = 11
 
 
@@ -213,11 +215,23 @@ def run_benchmark(config: BenchConfig, model_dir: Path, progress: Progress = pri
     clip_path = build_clip(model_dir, tiny=False)
     embedder = ClipEmbedder(str(clip_path), config.device, config.precision, threads)
     detectors = {
-        name: YoloDetector(str(build_yolo(model_dir, name)), config.device, torch_threads=threads)
+        name: YoloDetector(
+            str(build_yolo(model_dir, name)),
+            config.device,
+            torch_threads=threads,
+            runtime=config.detector_runtime,
+            export_dir=model_dir.parent / "onnx",
+        )
         for name in config.detectors
     }
+    runtimes = sorted({detector.runtime for detector in detectors.values()})
     report: dict[str, Any] = {
-        "machine": {"torch_threads": threads, "device": config.device, "precision": config.precision},
+        "machine": {
+            "torch_threads": threads,
+            "device": config.device,
+            "precision": config.precision,
+            "detector_runtime": ",".join(runtimes),
+        },
         "photos": {"inputs": _photo_inputs(config.cases, photos), "detectors": {}},
     }
     for name, detector in detectors.items():

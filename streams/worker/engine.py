@@ -59,6 +59,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
     models are loaded, and not in the settings object.
     """
     config = settings.pipeline_config()
+    config = replace(config, models=replace(config.models, export_dir=str(settings.cache_dir / "onnx")))
     if not settings.models.offline:
         return config
     built = build_offline_models(settings.cache_dir / "models")

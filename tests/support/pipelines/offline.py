@@ -12,6 +12,10 @@ def offline_pipeline(cache_dir: Path) -> Pipeline:
     """YOLO26n and the tiny CLIP, random-init, loaded through the real loaders; fresh caches."""
     models = cache_dir / "models"
     config = PipelineConfig(
-        models=ModelConfig(detector=str(models / "yolo26n-random.pt"), embedder=str(models / "clip-tiny-random"))
+        models=ModelConfig(
+            detector=str(models / "yolo26n-random.pt"),
+            embedder=str(models / "clip-tiny-random"),
+            export_dir=str(cache_dir / "onnx"),
+        )
     )
     return Pipeline.load(config)
