@@ -287,8 +287,9 @@ class GeometricVerifier:
         The features are those of the one-by-one calls; the small boxes are extracted on the
         views pool while the targets are extracted here (OpenCV releases the GIL). A target
         photo's SIFT keeps two cores ~75 % busy and a small crop's far less, so side by side
-        the first sight of a catalogue costs less: eval-dev's first upload (a target and three
-        boxes seen for the first time) 164 -> 147 ms, its last (one box) 69 -> 47 ms.
+        the first sight of a catalogue costs less: extraction alone, eval-dev's first upload (a
+        target and three boxes seen for the first time) 164 -> 147 ms, its last (one box)
+        69 -> 47 ms; in paired first passes of the pipeline 1-10 ms per upload (docs/performance.md).
         """
         beside = [
             i
