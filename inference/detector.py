@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,9 @@ from inference.yolo_onnx import OnnxYolo
 if TYPE_CHECKING:
     from ultralytics import YOLO
     from ultralytics.engine.results import Boxes
+
+
+log = logging.getLogger(__name__)
 
 
 class Detector(Protocol):
@@ -81,19 +85,30 @@ class YoloDetector:
         self._half = half and self._device.type == "cuda"
         self._threads = torch_threads or torch.get_num_threads()
         self._image_size = image_size
-        if runtime == "auto":
-            runtime = "onnxruntime" if self._device.type == "cpu" else "torch"
         if runtime == "onnxruntime" and self._device.type != "cpu":
             raise ValueError(f"the onnxruntime detector runtime runs on the CPU only, not on {self._device}")
-        self.runtime = runtime
         with keep_thread_count(self._threads):
             self._model = load_yolo(source)
-            self._onnx = (
-                OnnxYolo(self._model, self._threads, image_size, export_dir) if runtime == "onnxruntime" else None
-            )
+            use_onnx = runtime == "onnxruntime" or (runtime == "auto" and self._device.type == "cpu")
+            self._onnx = self._onnx_runtime(runtime, export_dir) if use_onnx else None
+            self.runtime: DetectorRuntime = "onnxruntime" if self._onnx is not None else "torch"
             # The first predict builds the predictor (fusing layers, lowering torch's thread
             # count) or the ONNX session's kernels; doing it here keeps that cost out of the first batch.
             self.detect([np.zeros((64, 64, 3), dtype=np.uint8)], confidence=0.5)
+
+    def _onnx_runtime(self, requested: DetectorRuntime, export_dir: Path | None) -> OnnxYolo | None:
+        """The exported network's session; with ``auto``, None (torch) when exporting or loading it fails.
+
+        The exported network is a speed-up, not a requirement: a checkpoint the exporter cannot
+        handle must not keep a worker from starting unless ONNX Runtime was asked for by name.
+        """
+        try:
+            return OnnxYolo(self._model, self._threads, self._image_size, export_dir)
+        except Exception as error:
+            if requested != "auto":
+                raise
+            log.warning("YOLO runs on torch: exporting %s to ONNX Runtime failed: %s", self.name, error)
+            return None
 
     @property
     def class_names(self) -> list[str]:

@@ -98,3 +98,13 @@ def test_auto_runs_onnx_runtime_on_the_cpu(cache_dir: Path, tmp_path: Path) -> N
     detector = YoloDetector(str(cache_dir / "models" / "yolo26n-random.pt"), runtime="auto", export_dir=tmp_path)
     assert detector.runtime == "onnxruntime"
     assert len(list(tmp_path.glob("*.onnx"))) == 1
+
+
+def test_auto_stays_on_torch_when_the_network_cannot_be_exported(tmp_path: Path) -> None:
+    """A model built from its YAML has no checkpoint file to export: auto falls back, a named runtime fails."""
+    fallback = YoloDetector("yolo26n.yaml", runtime="auto", export_dir=tmp_path)
+    assert fallback.runtime == "torch"
+    assert fallback.detect([np.zeros((64, 64, 3), np.uint8)], confidence=0.5) == [[]]
+    with pytest.raises(ValueError, match="checkpoint file"):
+        YoloDetector("yolo26n.yaml", runtime="onnxruntime", export_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
