@@ -20,7 +20,8 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from functools import partial
+from typing import Literal, cast
 
 import cv2
 import numpy as np
@@ -47,11 +48,6 @@ _DESCRIPTOR_SIZE = 128
 _GUIDED_ROWS = 1024
 # Most simulated views of one box extracted at once (`GeometricVerifier`): bounds their memory.
 _MAX_VIEW_THREADS = 4
-# Largest working crop (pixels) of a source box whose frontal view is extracted beside the
-# target photos (`GeometricVerifier.features`): SIFT on a crop this small keeps OpenCV's own
-# threads mostly idle, and its scale space (~60 MB at this size) is what running it alongside
-# adds to peak memory; larger crops parallelise well inside OpenCV and run one after another.
-_SIDE_BY_SIDE_PIXELS = 512 * 512
 
 
 @dataclass(frozen=True)
@@ -284,26 +280,35 @@ class GeometricVerifier:
     ) -> tuple[list[TargetFeatures], list[SourceFeatures]]:
         """``target_features`` of each target and ``frontal_features`` of each (source image, box), in order.
 
-        The features are those of the one-by-one calls; the small boxes are extracted on the
-        views pool while the targets are extracted here (OpenCV releases the GIL). A target
-        photo's SIFT keeps two cores ~75 % busy and a small crop's far less, so side by side
-        the first sight of a catalogue costs less: extraction alone, eval-dev's first upload (a
-        target and three boxes seen for the first time) 164 -> 147 ms, its last (one box)
-        69 -> 47 ms; in paired first passes of the pipeline 1-10 ms per upload (docs/performance.md).
+        The features are those of the one-by-one calls. SIFT on one photo keeps two cores ~75 %
+        busy and on a small crop far less, so extractions run side by side on the views pool
+        (OpenCV releases the GIL) where memory allows: those whose working image has at most
+        1.5 ``max_side``² / (pool size) pixels, so the scale spaces held at once stay within one
+        and a half full-size images' (measured peak: one 1024² photo +236 MiB, two 1024x768 side
+        by side +348 MiB). Larger ones run first, one at a time. A 4:3 photo at working size
+        (1024x768) goes side by side on two threads, a square 1024² one does not. Measured in
+        docs/performance.md: a micro-batch's photos ≈ 25-30 % less SIFT time, and the boxes a
+        catalogue shows for the first time come almost free beside their upload's photo.
         """
-        beside = [
-            i
-            for i, (image, box) in enumerate(boxes)
-            if self._views > 1 and self._crop_pixels(image, box) <= _SIDE_BY_SIDE_PIXELS
+        extractions: list[Callable[[], TargetFeatures | SourceFeatures]] = [
+            partial(self.target_features, target) for target in targets
         ]
-        pending = {i: self._pool.submit(self.frontal_features, *boxes[i]) for i in beside}
-        try:
-            target_features = [self.target_features(target) for target in targets]
-        finally:
-            frontal = {i: future.result() for i, future in pending.items()}
-        return target_features, [
-            frontal[i] if i in frontal else self.frontal_features(*boxes[i]) for i in range(len(boxes))
-        ]
+        extractions += [partial(self.frontal_features, image, box) for image, box in boxes]
+        pixels = [self._target_pixels(target) for target in targets]
+        pixels += [self._crop_pixels(image, box) for image, box in boxes]
+        small = 1.5 * self.config.max_side**2 / self._views
+        done: dict[int, TargetFeatures | SourceFeatures] = {
+            i: extract() for i, extract in enumerate(extractions) if self._views == 1 or pixels[i] > small
+        }
+        pending = {i: self._pool.submit(extract) for i, extract in enumerate(extractions) if i not in done}
+        done.update((i, future.result()) for i, future in pending.items())
+        results = [done[i] for i in range(len(extractions))]
+        return cast(list[TargetFeatures], results[: len(targets)]), cast(list[SourceFeatures], results[len(targets) :])
+
+    def _target_pixels(self, image: RGBImage) -> float:
+        """Pixels of the working image ``target_features`` extracts from ``image``."""
+        height, width = image.shape[:2]
+        return width * height * _working_scale(width, height, self.config.max_side) ** 2
 
     def _crop_pixels(self, image: RGBImage, box: BBox) -> float:
         """Pixels of the working crop ``frontal_features`` extracts for ``box``."""

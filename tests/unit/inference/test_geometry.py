@@ -12,7 +12,6 @@ from support.photos import EVAL_SAMPLE
 
 from inference.config import SearchConfig
 from inference.geometry import (
-    _SIDE_BY_SIDE_PIXELS,
     Correspondences,
     GeometricMatch,
     GeometricVerifier,
@@ -282,11 +281,14 @@ def test_simulated_views_side_by_side_give_the_same_features_as_one_after_anothe
 
 
 def test_targets_and_first_seen_boxes_side_by_side_give_the_one_by_one_features() -> None:
-    targets = [_textured_image(640, 480, seed=8), _textured_image(800, 600, seed=9)]
-    image = _textured_image(1400, 1000, seed=10)
-    small, large = BBox(150, 100, 200, 150), BBox(100, 100, 1100, 800)  # only the first one goes beside the targets
+    image = _textured_image(1100, 1000, seed=10)
+    targets = [_textured_image(640, 480, seed=8), image, _textured_image(1000, 750, seed=9)]
+    small, large = BBox(150, 100, 200, 150), BBox(100, 100, 900, 800)
     verifier = GeometricVerifier(threads=2)
-    assert verifier._crop_pixels(image, small) <= _SIDE_BY_SIDE_PIXELS < verifier._crop_pixels(image, large)
+    # On a two-thread pool 0.75 max_side² or less goes side by side; the rest one at a time.
+    limit = 0.75 * verifier.config.max_side**2
+    assert [verifier._target_pixels(t) <= limit for t in targets] == [True, False, True]
+    assert verifier._crop_pixels(image, small) <= limit < verifier._crop_pixels(image, large)
     features, frontal = verifier.features(targets, [(image, small), (image, large)])
     for got, target in zip(features, targets, strict=True):
         alone = verifier.target_features(target)
