@@ -100,6 +100,12 @@ class GeometryConfig:
     # the time spent on hopeless match sets (unrelated photos), where the stopping rule never fires.
     ransac_confidence: float = 0.999
     ransac_max_iters: int = 5000
+    # None: the robust fits see the matches in their natural order. OpenCV's RANSAC/MAGSAC draws
+    # its samples from a fixed random state, so that order decides which models it tries; at the
+    # margin (a turned 3D product with a few coherent matches) another order finds another box.
+    # An integer shuffles the matches with that seed, which is how ``tagstream eval
+    # --match-orders`` measures how much a result owes to the sampler's luck.
+    match_order_seed: int | None = None
     # A homography has 8 degrees of freedom: with fewer matches than this its 4-point samples fit
     # noise too easily, so an affine map (6 DOF, a good local approximation) is fitted instead.
     min_homography_matches: int = 12
@@ -490,6 +496,9 @@ class GeometricVerifier:
         if len(matches.source) < cfg.min_inliers:
             return None
         src, dst = matches.source, matches.target
+        if cfg.match_order_seed is not None:
+            order = np.random.default_rng(cfg.match_order_seed).permutation(len(src))
+            src, dst = src[order], dst[order]
         threshold = cfg.ransac_threshold / target.scale
         if len(src) >= cfg.min_homography_matches:
             found = self._accept(

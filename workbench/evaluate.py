@@ -14,7 +14,8 @@ from inference.pipeline import Pipeline
 from streams.cli.options import Commands, offline_option, settings_from
 from streams.settings import Settings
 from streams.worker.engine import pipeline_config
-from workbench.evaluation import SAMPLE_CASES, evaluate
+from workbench.evaluation import SAMPLE_CASES, EvalReport, evaluate
+from workbench.match_orders import order_seeds, order_spread, reseeded, spread_summary
 from workbench.pictures import write_pictures
 from workbench.pipeline_locator import pipeline_locator
 from workbench.pretrained import with_available_models
@@ -30,13 +31,22 @@ def register(commands: Commands) -> None:
         "--viz", type=Path, metavar="DIR", help="write pictures of the worst cases here (source box | truth and answer)"
     )
     evaluate.add_argument("--viz-limit", type=int, default=24, metavar="N", help="at most N pictures (default 24)")
+    evaluate.add_argument(
+        "--match-orders",
+        type=int,
+        default=1,
+        metavar="N",
+        help="score again with the verifier's matches in N - 1 other orders and report the spread (default 1)",
+    )
     offline_option(evaluate, "use random-init models even if pretrained ones exist")
     evaluate.set_defaults(handler=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
     settings, offline = with_available_models(settings_from(args))
-    return run_eval(settings, offline, args.cases or SAMPLE_CASES, args.json, args.viz, args.viz_limit)
+    return run_eval(
+        settings, offline, args.cases or SAMPLE_CASES, args.json, args.viz, args.viz_limit, args.match_orders
+    )
 
 
 def run_eval(
@@ -46,24 +56,32 @@ def run_eval(
     json_out: Path | None,
     viz: Path | None = None,
     viz_limit: int = 24,
+    match_orders: int = 1,
 ) -> int:
+    """Scores the pipeline on ``cases``; the report, JSON and pictures are those of the natural match order.
+
+    With ``match_orders`` > 1 the set is scored again with the matches shuffled (`workbench.match_orders`)
+    and the report gains ``match_orders``: per row, the counts of every run.
+    """
     if not cases.is_file():
         print(f"no evaluation cases at {cases}: pass --cases PATH/cases.json", file=sys.stderr)
+        return 2
+    if match_orders < 1:
+        print("--match-orders must be at least 1", file=sys.stderr)
         return 2
     if offline:
         print("models: random-init (offline); scores reflect the geometric verifier and the fusion rules")
     print("loading models ...", flush=True)
     pipeline = Pipeline.load(pipeline_config(settings))
-    with tqdm(total=0, unit="box", desc="eval") as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        report = evaluate(cases, pipeline_locator(pipeline), progress=progress)
+    seeds = order_seeds(match_orders)
+    reports = [_scored(cases, reseeded(pipeline, seed), "eval" if seed is None else f"order {seed}") for seed in seeds]
+    report = reports[0]
     result = report.to_json()
     result["model_version"] = pipeline.model_version
     print(_summary(result))
+    if match_orders > 1:
+        result["match_orders"] = order_spread(seeds, [result, *(r.to_json() for r in reports[1:])])
+        print("\n" + spread_summary(result["match_orders"]))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=1))
@@ -72,6 +90,16 @@ def run_eval(
         pictures = write_pictures(report, viz, viz_limit)
         print(f"{len(pictures)} pictures of the worst cases written to {viz}")
     return 0
+
+
+def _scored(cases: Path, pipeline: Pipeline, label: str) -> EvalReport:
+    with tqdm(total=0, unit="box", desc=label) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return evaluate(cases, pipeline_locator(pipeline), progress=progress)
 
 
 def _summary(result: dict[str, Any]) -> str:

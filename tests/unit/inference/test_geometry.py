@@ -80,6 +80,21 @@ def test_recovers_a_known_homography_on_a_downscaled_target() -> None:
     assert match.inliers >= verifier.config.min_inliers
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_matches_in_another_order_keep_their_pairs(seed: int) -> None:
+    """A shuffled match order (``match_order_seed``) moves source and target points together."""
+    source = _textured_image(640, 480, seed=4)
+    homography = np.array([[1.1, -0.2, 60.0], [0.15, 1.05, 30.0], [1e-4, 5e-5, 1.0]])
+    target = np.asarray(cv2.warpPerspective(source, homography, (900, 700)), dtype=np.uint8)
+    box = BBox(200, 150, 220, 160)
+    verifier = GeometricVerifier(GeometryConfig(match_order_seed=seed))
+
+    match = verifier.verify(verifier.source_features(source, box), verifier.target_features(target), box)
+
+    assert match is not None
+    assert np.abs(match.quad - _project_box(homography, box)).max() < 6.0
+
+
 def _object_on_plain_ground(angle: float, centre: tuple[float, float]) -> tuple[RGBImage, BBox]:
     """A textured 150 px square turned by ``angle`` degrees on a flat background, and its axis-aligned box."""
     product = _textured_image(150, 150, seed=7)

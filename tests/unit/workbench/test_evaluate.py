@@ -45,3 +45,29 @@ def test_eval_reports_required_keys_floors_and_no_false_positive(
     rows = [row for case in report["cases"] for row in case["box_results"]]
     assert {row["method"] for row in rows if row["found"]} == {"geometric"}
     assert {row["method"] for row in rows if not row["found"]} <= {"none"}
+
+
+def test_eval_over_several_match_orders_reports_each_run(
+    small_cases: Path,
+    cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("TAGSTREAM_CACHE_DIR", str(cache_dir))
+    out = tmp_path / "report.json"
+
+    assert main(["eval", "--cases", str(small_cases), "--json", str(out), "--offline", "--match-orders", "2"]) == 0
+
+    report = json.loads(out.read_text())
+    spread = report["match_orders"]
+    assert spread["runs"] == 2 and spread["seeds"] == [None, 1]
+    natural = report["boxes"] - report["not_found"] - report["found_wrong_box"]
+    assert spread["overall"]["right"][0] == natural
+    assert min(spread["overall"]["right"]) >= 8, spread["overall"]
+    assert spread["overall"]["false_positives"] == [0, 0]
+    assert "over 2 match orders" in capsys.readouterr().out
+
+
+def test_eval_refuses_no_match_order(small_cases: Path) -> None:
+    assert main(["eval", "--cases", str(small_cases), "--offline", "--match-orders", "0"]) == 2
