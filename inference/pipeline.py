@@ -108,6 +108,18 @@ class Pipeline:
             embedder = ClipEmbedder(models.embedder, models.device, models.precision, models.torch_threads)
         return cls(detector, embedder, GeometricVerifier(config.geometry, models.torch_threads), config)
 
+    def with_match_order(self, seed: int | None) -> Pipeline:
+        """This pipeline with its verifier's matches fitted in another order (`GeometryConfig.match_order_seed`).
+
+        The models and the caches are shared: source features and embeddings do not depend on
+        the order, so scoring a set over several orders extracts them once.
+        """
+        geometry = replace(self.config.geometry, match_order_seed=seed)
+        verifier = GeometricVerifier(geometry, self.config.models.torch_threads)
+        twin = Pipeline(self.detector, self.embedder, verifier, replace(self.config, geometry=geometry))
+        twin._source_embeddings, twin._source_features = self._source_embeddings, self._source_features
+        return twin
+
     def warm_up(self, shapes: Sequence[tuple[int, int]] = DEFAULT_SHAPES, batch_size: int = 1) -> None:
         """Pays the process's one-time costs (lazy imports, per-shape set-up) before the first upload.
 

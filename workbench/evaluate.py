@@ -15,7 +15,7 @@ from streams.cli.options import Commands, offline_option, settings_from
 from streams.settings import Settings
 from streams.worker.engine import pipeline_config
 from workbench.evaluation import SAMPLE_CASES, EvalReport, evaluate
-from workbench.match_orders import order_seeds, order_spread, reseeded, spread_summary
+from workbench.match_orders import order_seeds, order_spread, spread_summary
 from workbench.pictures import write_pictures
 from workbench.pipeline_locator import pipeline_locator
 from workbench.pretrained import with_available_models
@@ -60,8 +60,9 @@ def run_eval(
 ) -> int:
     """Scores the pipeline on ``cases``; the report, JSON and pictures are those of the natural match order.
 
-    With ``match_orders`` > 1 the set is scored again with the matches shuffled (`workbench.match_orders`)
-    and the report gains ``match_orders``: per row, the counts of every run.
+    With ``match_orders`` > 1 the set is scored again with the matches shuffled (`workbench.match_orders`),
+    sharing the first run's cached source features, and the report gains ``match_orders``: per row,
+    the counts of every run. Its ``seconds`` are the first run's, caches cold as before.
     """
     if not cases.is_file():
         print(f"no evaluation cases at {cases}: pass --cases PATH/cases.json", file=sys.stderr)
@@ -74,7 +75,9 @@ def run_eval(
     print("loading models ...", flush=True)
     pipeline = Pipeline.load(pipeline_config(settings))
     seeds = order_seeds(match_orders)
-    reports = [_scored(cases, reseeded(pipeline, seed), "eval" if seed is None else f"order {seed}") for seed in seeds]
+    reports = [
+        _scored(cases, pipeline.with_match_order(seed), "eval" if seed is None else f"order {seed}") for seed in seeds
+    ]
     report = reports[0]
     result = report.to_json()
     result["model_version"] = pipeline.model_version

@@ -9,19 +9,8 @@ shown to help (docs/accuracy.md).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from statistics import fmean
 from typing import Any
-
-from inference.geometry import GeometricVerifier
-from inference.pipeline import Pipeline
-
-
-def reseeded(pipeline: Pipeline, seed: int | None) -> Pipeline:
-    """The same models with the verifier's matches shuffled by ``seed`` (None: natural order); empty caches."""
-    geometry = replace(pipeline.config.geometry, match_order_seed=seed)
-    verifier = GeometricVerifier(geometry, pipeline.config.models.torch_threads)
-    return Pipeline(pipeline.detector, pipeline.embedder, verifier, replace(pipeline.config, geometry=geometry))
 
 
 def order_seeds(runs: int) -> list[int | None]:

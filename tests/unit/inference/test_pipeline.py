@@ -72,6 +72,22 @@ def test_source_work_is_cached_across_batches(pipeline: Pipeline, demo_set: Demo
     assert pipeline.source_cache_misses == misses
 
 
+def test_another_match_order_shares_models_and_caches_but_not_the_seed(pipeline: Pipeline, demo_set: DemoSet) -> None:
+    request = MatchRequest("order", next(iter(demo_set.uploads.values())), demo_set.source_images())
+    shuffled = pipeline.with_match_order(3)
+    natural = pipeline.run([request])[0]
+    misses = pipeline.source_cache_misses
+    assert misses > 0 and shuffled.source_cache_misses == misses  # what one extracts, the other has
+
+    again = shuffled.run([request])[0]
+
+    assert shuffled.verifier.config.match_order_seed == shuffled.config.geometry.match_order_seed == 3
+    assert pipeline.verifier.config.match_order_seed is None and pipeline.config.geometry.match_order_seed is None
+    assert shuffled.detector is pipeline.detector and shuffled.embedder is pipeline.embedder
+    assert shuffled.source_cache_misses == misses  # every source box came from the shared cache
+    assert [m.found for m in again.matches] == [m.found for m in natural.matches]
+
+
 class _CountingVerifier(GeometricVerifier):
     """The real verifier, counting the source boxes whose simulated views it extracts."""
 
