@@ -45,9 +45,28 @@ def photos() -> list[RGBImage]:
     return [load_image(path) for path in paths]
 
 
-def _as_arrays(detections: list[Detection]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    boxes = np.array([[d.bbox.x, d.bbox.y, d.bbox.width, d.bbox.height] for d in detections]).reshape(-1, 4)
-    return boxes, np.array([d.confidence for d in detections]), np.array([d.class_id for d in detections])
+def _paired(expected: list[Detection], got: list[Detection]) -> int:
+    """How many expected detections have their own counterpart in ``got``: same class, box and score.
+
+    Paired one to one regardless of order: two detections whose scores differ in the sixth decimal
+    can come out in either order from the two runtimes (seen with torch 2.15), and the order of
+    near-ties is not what this test is about.
+    """
+    left = list(got)
+    paired = 0
+    for detection in expected:
+        box = np.array([detection.bbox.x, detection.bbox.y, detection.bbox.width, detection.bbox.height])
+        for candidate in left:
+            other = np.array([candidate.bbox.x, candidate.bbox.y, candidate.bbox.width, candidate.bbox.height])
+            if (
+                (candidate.class_id, candidate.class_name) == (detection.class_id, detection.class_name)
+                and abs(candidate.confidence - detection.confidence) <= 1e-4
+                and np.allclose(other, box, atol=1e-2, rtol=0)
+            ):
+                left.remove(candidate)
+                paired += 1
+                break
+    return paired
 
 
 def test_onnx_runtime_gives_the_torch_predictors_detections(
@@ -62,13 +81,8 @@ def test_onnx_runtime_gives_the_torch_predictors_detections(
     for photo in photos:
         (expected,) = torch_detector.detect([photo], confidence=0.25)
         (got,) = onnx_detector.detect([photo], confidence=0.25)
-        expected_boxes, expected_scores, expected_classes = _as_arrays(expected)
-        got_boxes, got_scores, got_classes = _as_arrays(got)
         assert len(got) == len(expected)
-        np.testing.assert_array_equal(got_classes, expected_classes)
-        np.testing.assert_allclose(got_boxes, expected_boxes, atol=1e-2)
-        np.testing.assert_allclose(got_scores, expected_scores, atol=1e-4)
-        assert [d.class_name for d in got] == [d.class_name for d in expected]
+        assert _paired(expected, got) == len(expected)
         found += len(got)
     assert 0 < found < 300 * len(photos)  # some, not all candidates: the threshold and NMS did work
 
