@@ -48,6 +48,10 @@ _DESCRIPTOR_SIZE = 128
 _GUIDED_ROWS = 1024
 # Most simulated views of one box extracted at once (`GeometricVerifier`): bounds their memory.
 _MAX_VIEW_THREADS = 4
+# Most copies of one feature the twin ratio test looks past (`_Nearest.twin_candidates`): with more
+# copies in one photo the runner-up is itself a twin and the test fails as the plain one does.
+# Eight bounds the neighbours gathered per query keypoint to ~5 KB.
+_MAX_TWINS = 8
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,20 @@ class GeometryConfig:
     # An integer shuffles the matches with that seed, which is how ``tagstream eval
     # --match-orders`` measures how much a result owes to the sampler's luck.
     match_order_seed: int | None = None
+    # Repeated products (two cans of one brand on a shelf): every feature of the product has a
+    # near-identical twin on the other copy, so Lowe's ratio test, which needs the nearest target
+    # descriptor clearly closer than the runner-up, drops all of them (eval-dev with each target
+    # photo shown twice side by side: 0 of 66 found). A runner-up closer to the nearest
+    # descriptor than ``twin_ratio`` times the query's distance to it is a twin (the same feature
+    # again in the same photo, taken under the same light and view), not a competitor: the test
+    # then looks past the twins, and each twin that passes is a candidate match, so every copy
+    # keeps its matches and the robust fit picks one. It is a second pass only
+    # (`GeometricVerifier.verify_views`): with twins as candidates, repetition *within* one
+    # object (the temple's columns) makes more chance matches, so it runs where the plain
+    # matches fit no model and adds at least ``min_inliers`` candidates. 0.5 rather than 1.0: at
+    # 1.0 a query far from everything (a negative) sees many targets that are merely alike as
+    # twins (measured in docs/accuracy.md). 0 turns the second pass off.
+    twin_ratio: float = 0.5
     # A homography has 8 degrees of freedom: with fewer matches than this its 4-point samples fit
     # noise too easily, so an affine map (6 DOF, a good local approximation) is fitted instead.
     min_homography_matches: int = 12
@@ -225,6 +243,69 @@ class _Candidates:
     def correspondences(self, target: TargetFeatures) -> Correspondences:
         kept = _nearest_per_column(self.columns, self.distances)
         return Correspondences(self.source[kept], target.keypoints[self.columns[kept]].astype(np.float64))
+
+
+@dataclass(frozen=True, eq=False)
+class _Nearest:
+    """Each query keypoint's ``count`` nearest train descriptors, nearest first, found by one product.
+
+    Descriptors are unit vectors, so one BLAS product yields every squared distance as 2 - 2 cos:
+    several times faster than OpenCV's brute-force matcher, and exact, unlike FLANN. The product
+    runs in torch, on the thread pool the models use: numpy's BLAS keeps its own threads spinning
+    after a product, and on a 2-core host they slowed the detector pass that follows from ~70 to
+    ~140 ms. Both ratio tests read the neighbours kept here, so the twin test
+    (`twin_candidates`) costs no second product.
+    """
+
+    points: DoubleArray  # the query keypoints
+    distances: torch.Tensor  # Q x count squared distances, ascending
+    columns: torch.Tensor  # Q x count train indices
+
+    @staticmethod
+    def of(points: DoubleArray, query: FloatArray, train: FloatArray, count: int) -> _Nearest:
+        if len(query) == 0 or len(train) < 2:
+            empty = torch.zeros((len(query), 0))
+            return _Nearest(points, empty, empty.long())
+        similarity = torch.from_numpy(query) @ torch.from_numpy(train).T
+        nearest, columns = torch.topk(similarity, min(count, len(train)), dim=1)
+        return _Nearest(points, 2.0 - 2.0 * nearest, columns)
+
+    def candidates(self, ratio: float) -> _Candidates:
+        """Lowe's ratio test: the keypoints whose nearest descriptor is clearly closer than the runner-up."""
+        if self.distances.shape[1] < 2:
+            return self._none()
+        passed = torch.nonzero(self.distances[:, 0] < (ratio * ratio) * self.distances[:, 1]).ravel()
+        return self._pick(passed, torch.zeros_like(passed))
+
+    def twin_candidates(self, train: FloatArray, ratio: float, twin_ratio: float) -> _Candidates:
+        """The ratio test that looks past the nearest descriptor's twins (``GeometryConfig.twin_ratio``).
+
+        Among the neighbours, a twin is one closer to the nearest than ``twin_ratio`` times the
+        query's distance to the nearest (the nearest is its own twin). The runner-up is the
+        nearest non-twin (the farthest neighbour when all are twins), and every twin that passes
+        the ratio test against it is a candidate, so a keypoint may appear once per copy.
+        """
+        if self.distances.shape[1] < 2:
+            return self._none()
+        neighbours = torch.from_numpy(train)[self.columns]
+        from_nearest = 2.0 - 2.0 * torch.einsum("qd,qkd->qk", neighbours[:, 0], neighbours)
+        twin = from_nearest < (twin_ratio * twin_ratio) * self.distances[:, :1]
+        twin[:, 0] = True
+        runner_up = torch.where(twin, torch.full_like(self.distances, math.inf), self.distances).min(dim=1).values
+        runner_up = torch.where(torch.isinf(runner_up), self.distances[:, -1], runner_up)
+        rows, slots = torch.nonzero(twin & (self.distances < (ratio * ratio) * runner_up[:, None]), as_tuple=True)
+        return self._pick(rows, slots)
+
+    def _pick(self, rows: torch.Tensor, slots: torch.Tensor) -> _Candidates:
+        picked = rows.numpy().astype(np.intp)
+        return _Candidates(
+            self.points[picked],
+            self.columns[rows, slots].numpy().astype(np.intp),
+            self.distances[rows, slots].numpy().astype(np.float32),
+        )
+
+    def _none(self) -> _Candidates:
+        return _Candidates(np.zeros((0, 2)), np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float32))
 
 
 @dataclass(frozen=True, eq=False)
@@ -397,15 +478,43 @@ class GeometricVerifier:
         step, which gives exactly the matches of all views matched at once.
         """
         settle = self.config.settle_confidence if settle_confidence is None else settle_confidence
-        frontal_candidates = self._ratio_candidates(frontal, target, source_box)
+        frontal_nearest = self._nearest(frontal, target, source_box)
+        frontal_candidates = frontal_nearest.candidates(self.config.lowe_ratio)
         matches = frontal_candidates.correspondences(target)
         match = self.fit(matches, frontal, target, source_box)
         if not self.config.source_tilts or (match is not None and match.confidence >= settle):
             return Verification(frontal, matches, match)
         views = tilted()
         source = frontal.joined(views)
-        matches = frontal_candidates.plus(self._ratio_candidates(views, target, source_box)).correspondences(target)
-        return Verification(source, matches, self.fit(matches, source, target, source_box))
+        views_nearest = self._nearest(views, target, source_box)
+        matches = frontal_candidates.plus(views_nearest.candidates(self.config.lowe_ratio)).correspondences(target)
+        match = self.fit(matches, source, target, source_box)
+        if match is not None or self.config.twin_ratio <= 0:
+            return Verification(source, matches, match)
+        return self._verify_with_twins(source, (frontal_nearest, views_nearest), matches, target, source_box)
+
+    def _verify_with_twins(
+        self,
+        source: SourceFeatures,
+        nearest: tuple[_Nearest, _Nearest],
+        matches: Correspondences,
+        target: TargetFeatures,
+        source_box: BBox,
+    ) -> Verification:
+        """The second pass of `verify_views` for a product shown more than once (``GeometryConfig.twin_ratio``).
+
+        It reads the neighbours the first pass found, so it costs no second descriptor product.
+        Only where the twins add at least ``min_inliers`` candidates to ``matches`` is a model
+        fitted: fewer cannot be a copy of the product the plain test missed, and a fit costs a full
+        RANSAC run on every negative.
+        """
+        cfg = self.config
+        frontal, views = (n.twin_candidates(target.descriptors, cfg.lowe_ratio, cfg.twin_ratio) for n in nearest)
+        twins = frontal.plus(views).correspondences(target)
+        if len(twins) - len(matches) < cfg.min_inliers:
+            return Verification(source, matches, None)
+        match = self.fit(twins, source, target, source_box)
+        return Verification(source, twins, match) if match is not None else Verification(source, matches, None)
 
     def verify(self, source: SourceFeatures, target: TargetFeatures, source_box: BBox) -> GeometricMatch | None:
         """The target location of ``source_box``, or None when the geometry does not support one.
@@ -421,12 +530,15 @@ class GeometricVerifier:
         Kept apart from ``fit`` because the matches are evidence on their own: a deformed product
         (a bag, a shirt) fails every rigid model yet still has many matches inside its box.
         """
-        return self._ratio_candidates(source, target, source_box).correspondences(target)
+        return self._nearest(source, target, source_box).candidates(self.config.lowe_ratio).correspondences(target)
 
-    def _ratio_candidates(self, source: SourceFeatures, target: TargetFeatures, source_box: BBox) -> _Candidates:
+    def _nearest(self, source: SourceFeatures, target: TargetFeatures, source_box: BBox) -> _Nearest:
+        """The nearest target descriptors of every source keypoint in ``source_box``: what the ratio tests read."""
         inside = _points_in_box(source.keypoints, source_box)
-        rows, columns, distances = _ratio_test(source.descriptors[inside], target.descriptors, self.config.lowe_ratio)
-        return _Candidates(source.keypoints[inside][rows].astype(np.float64), columns, distances)
+        count = _MAX_TWINS + 1 if self.config.twin_ratio > 0 else 2
+        return _Nearest.of(
+            source.keypoints[inside].astype(np.float64), source.descriptors[inside], target.descriptors, count
+        )
 
     def fit(
         self, matches: Correspondences, source: SourceFeatures, target: TargetFeatures, source_box: BBox
@@ -576,7 +688,7 @@ class GeometricVerifier:
         return points, np.asarray(descriptors, dtype=np.float32)
 
     def _normalise(self, descriptors: FloatArray) -> FloatArray:
-        """Unit vectors, so that matching is one matrix product (see `_ratio_test`)."""
+        """Unit vectors, so that matching is one matrix product (see `_Nearest`)."""
         if self.config.feature == "rootsift":
             l1 = np.maximum(np.abs(descriptors).sum(axis=1, keepdims=True), 1e-7)
             return np.sqrt(descriptors / l1).astype(np.float32)
@@ -759,28 +871,13 @@ def _points_in_box(points: FloatArray | DoubleArray, box: BBox) -> BoolArray:
     return np.asarray((x >= box.x) & (x <= box.x2) & (y >= box.y) & (y <= box.y2), dtype=bool)
 
 
-def _ratio_test(query: FloatArray, train: FloatArray, ratio: float) -> tuple[IndexArray, IndexArray, FloatArray]:
-    """Query rows whose nearest train descriptor passes Lowe's ratio test: (rows, nearest column, its distance).
-
-    Descriptors are unit vectors, so one BLAS product yields every squared distance as 2 - 2 cos:
-    several times faster than OpenCV's brute-force matcher, and exact, unlike FLANN.
-
-    The product runs in torch (`_cosines`), on the thread pool the models use: numpy's BLAS keeps
-    its own threads spinning after a product, and on a 2-core host they slowed the detector pass
-    that follows from ~70 to ~140 ms.
-    """
-    if len(query) == 0 or len(train) < 2:
-        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float32)
-    return _ratio_test_of(_cosines(query, train), ratio)
-
-
 def _cosines(query: FloatArray, train: FloatArray) -> FloatArray:
-    """Every query unit vector's cosine with every train one, in torch (see `_ratio_test`)."""
+    """Every query unit vector's cosine with every train one, in torch (see `_Nearest`)."""
     return np.asarray((torch.from_numpy(query) @ torch.from_numpy(train).T).numpy())
 
 
 def _ratio_test_of(similarity: FloatArray, ratio: float) -> tuple[IndexArray, IndexArray, FloatArray]:
-    """`_ratio_test` on a cosine matrix, in which ``-inf`` marks a pair that is not a candidate.
+    """`_Nearest.candidates` on a cosine matrix, in which ``-inf`` marks a pair that is not a candidate.
 
     A row needs two candidates, since a lone one has nothing to be clearly better than
     (measured: accepting lone candidates in guided matching let chance models collect as much

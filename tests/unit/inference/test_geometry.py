@@ -19,7 +19,9 @@ from inference.geometry import (
     SourceFeatures,
     TargetFeatures,
     _is_convex_same_orientation,
+    _Nearest,
     _project,
+    _ratio_test_of,
     match_confidence,
 )
 from inference.types import BBox, RGBImage
@@ -215,6 +217,81 @@ def _features_with_decoys() -> tuple[SourceFeatures, TargetFeatures, BBox, np.nd
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_the_twin_ratio_test_looks_past_copies_of_the_nearest_descriptor() -> None:
+    """Query 0's feature is in the photo twice (two near-identical descriptors), query 1's has a look-alike.
+
+    The plain ratio test drops both. The twin test keeps both copies of query 0's feature, each
+    a candidate, and still drops query 1: its runner-up is no closer to the nearest descriptor
+    than the query is, so it is a competitor, not a twin.
+    """
+    rng = np.random.default_rng(3)
+    feature, lookalike_of, other = np.abs(rng.normal(size=(3, 128)))
+    query = _unit(np.stack([feature, lookalike_of]) + np.abs(rng.normal(scale=0.3, size=(2, 128))))
+    copies = feature + np.abs(rng.normal(scale=0.02, size=(2, 128)))
+    lookalikes = lookalike_of + np.abs(rng.normal(scale=0.3, size=(2, 128)))
+    background = np.abs(rng.normal(size=(20, 128)))
+    train = _unit(np.vstack([copies, lookalikes, other[None], background]))
+
+    nearest = _Nearest.of(np.zeros((2, 2)), query, train, 9)
+    plain, twins = nearest.candidates(0.85), nearest.twin_candidates(train, 0.85, 0.5)
+
+    assert len(plain.columns) == 0
+    assert sorted(twins.columns.tolist()) == [0, 1] and len(twins.source) == 2  # query 0 twice, query 1 never
+    np.testing.assert_allclose(twins.distances, 2.0 - 2.0 * (train[twins.columns] @ query[0]), atol=1e-5)
+
+
+def test_without_twins_the_twin_ratio_test_is_the_plain_one() -> None:
+    source, target, box, _ = _features_with_decoys()
+    left = source.keypoints[:, 0] <= box.x + box.width / 2  # the half without a second print
+    nearest = _Nearest.of(source.keypoints[left].astype(np.float64), source.descriptors[left], target.descriptors, 9)
+    plain, twins = nearest.candidates(0.85), nearest.twin_candidates(target.descriptors, 0.85, 0.5)
+    assert len(plain.columns) > 100
+    np.testing.assert_array_equal(plain.columns, twins.columns)
+    np.testing.assert_array_equal(plain.source, twins.source)
+
+
+def test_the_plain_ratio_test_is_lowes() -> None:
+    """The first pass is Lowe's ratio test, exactly as `_ratio_test_of` applies it to a cosine matrix."""
+    source, target, _, _ = _features_with_decoys()
+    nearest = _Nearest.of(source.keypoints.astype(np.float64), source.descriptors, target.descriptors, 2)
+    rows, columns, _ = _ratio_test_of(source.descriptors @ target.descriptors.T, 0.85)
+    candidates = nearest.candidates(0.85)
+    np.testing.assert_array_equal(candidates.columns, columns)
+    np.testing.assert_array_equal(candidates.source, source.keypoints[rows].astype(np.float64))
+
+
+def _shown_twice(image: RGBImage) -> RGBImage:
+    return np.ascontiguousarray(np.concatenate([image, image], axis=1))
+
+
+@pytest.mark.parametrize("twin_ratio", [0.0, GeometryConfig().twin_ratio])
+def test_a_product_shown_twice_is_found_on_one_of_its_copies(twin_ratio: float) -> None:
+    """leuven 1to4 with the target photo twice side by side: two copies of every box.
+
+    Every feature has a near-identical twin on the other copy, so the plain ratio test keeps
+    almost no match and nothing is found (twin_ratio 0); the second pass finds each box on one
+    of its copies with the box it finds in the photo shown once.
+    """
+    case = _cases()["oxford/leuven/1to4"]
+    verifier = GeometricVerifier(GeometryConfig(twin_ratio=twin_ratio))
+    source_image, target_image = _image(case.source_path), _image(case.target_path)
+    target = verifier.target_features(_shown_twice(target_image))
+    for box in case.boxes:
+        assert box.target_box is not None
+        frontal = verifier.frontal_features(source_image, box.source_box)
+        checked = verifier.verify_views(
+            frontal, lambda b=box.source_box: verifier.tilted_features(source_image, b), target, box.source_box
+        )
+        if twin_ratio == 0:
+            assert checked.match is None, box.box_id
+            continue
+        assert checked.match is not None, box.box_id
+        copy = BBox(
+            box.target_box.x + target_image.shape[1], box.target_box.y, box.target_box.width, box.target_box.height
+        )
+        assert max(checked.match.bbox.iou(box.target_box), checked.match.bbox.iou(copy)) >= 0.85, box.box_id
 
 
 def test_guided_matching_recovers_matches_the_global_ratio_test_drops() -> None:
