@@ -5,7 +5,10 @@ the geometry alone (`geometric_locator`) and the full pipeline are measured by t
 
 Three kinds of items are built from the cases:
 
-* positive: every box of a case with ground truth; scored by IoU against ``target_box``.
+* positive: every box of a case with ground truth; scored by IoU against ``target_box``, or
+  against the best-overlapped of ``target_box`` and the box's optional ``other_target_boxes``
+  (further copies of the same product in the target photo: a shelf of two, where either place
+  is a right answer).
 * negative: a source box paired with a target photo of another scene; any "found" is a false
   positive. Without them a locator that always answers would look perfect.
 * qualitative: boxes of cases without ground truth; run so their answers can be inspected,
@@ -50,6 +53,7 @@ class CaseBox:
     trivial_baseline_iou: float | None
     category: Category = "planar"
     view_change_deg: float | None = None
+    other_target_boxes: tuple[BBox, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class EvalItem:
     trivial_baseline_iou: float | None
     category: Category = "planar"
     view_change_deg: float | None = None
+    other_target_boxes: tuple[BBox, ...] = ()  # more copies of the product: right answers too
 
     @property
     def view_change_bucket(self) -> str | None:
@@ -161,6 +166,7 @@ def _parse_box(raw: dict[str, Any], has_truth: bool, nominal_view_change: float 
     kind = raw.get("kind")
     category: Category = kind if kind in ("textured_3d", "plain_3d") else "planar"
     view_change = raw.get("viewpoint_change_deg", nominal_view_change)
+    others = tuple(BBox(*(float(v) for v in box)) for box in raw.get("other_target_boxes") or ()) if has_truth else ()
     return CaseBox(
         str(raw["box_id"]),
         source,
@@ -168,6 +174,7 @@ def _parse_box(raw: dict[str, Any], has_truth: bool, nominal_view_change: float 
         None if trivial is None else float(trivial),
         category,
         None if view_change is None else float(view_change),
+        others,
     )
 
 
@@ -264,6 +271,7 @@ def _item(
         trivial_baseline_iou=box.trivial_baseline_iou if kind == "positive" else None,
         category=box.category,
         view_change_deg=box.view_change_deg if kind == "positive" else None,
+        other_target_boxes=box.other_target_boxes if kind == "positive" else (),
     )
 
 
@@ -276,11 +284,19 @@ class ItemResult:
     answer: EvalAnswer
 
     @property
+    def truth(self) -> BBox | None:
+        """The true box the answer is judged against: of the product's copies, the one it overlaps most."""
+        if self.item.target_box is None or self.answer.bbox is None:
+            return self.item.target_box
+        answer = self.answer.bbox
+        return max((self.item.target_box, *self.item.other_target_boxes), key=answer.iou)
+
+    @property
     def iou(self) -> float:
         """IoU with the ground truth; a miss or a positive answered without a box scores 0."""
-        if self.item.target_box is None or not self.answer.found or self.answer.bbox is None:
+        if self.truth is None or not self.answer.found or self.answer.bbox is None:
             return 0.0
-        return self.answer.bbox.iou(self.item.target_box)
+        return self.answer.bbox.iou(self.truth)
 
     @property
     def success(self) -> bool:
@@ -293,10 +309,11 @@ class ItemResult:
     @property
     def area_ratio(self) -> float | None:
         """Returned area over true area: above 1 an inflated box, below 1 a shrunken one."""
-        if not self.found or self.item.target_box is None or self.item.target_box.area <= 0:
+        truth = self.truth
+        if not self.found or truth is None or truth.area <= 0:
             return None
         assert self.answer.bbox is not None
-        return self.answer.bbox.area / self.item.target_box.area
+        return self.answer.bbox.area / truth.area
 
 
 @dataclass(frozen=True)
@@ -434,6 +451,8 @@ def _result_row(result: ItemResult) -> dict[str, Any]:
             view_change_deg=result.item.view_change_deg,
             area_ratio=_round(result.area_ratio),
         )
+        if result.item.other_target_boxes:
+            row["other_target_boxes"] = [_box_json(box) for box in result.item.other_target_boxes]
     return row
 
 

@@ -220,6 +220,34 @@ def test_wrong_boxes_misses_precision_and_kinds_are_told_apart(tmp_path: Path) -
     assert report["precision"] == 0.5
 
 
+def test_an_answer_on_another_copy_of_the_product_is_right(tmp_path: Path) -> None:
+    """``other_target_boxes`` lists more copies of the product: either copy is right, elsewhere is wrong."""
+    for name in ("s", "t", "u"):
+        _write_png(tmp_path / f"{name}.png", (128, 48))
+    shelf = {"box_id": "shelf", "source_box": [10, 10, 20, 20], "target_box": [10, 10, 20, 20]}
+    shelf["other_target_boxes"] = [[80, 10, 20, 20]]
+    lone = {"box_id": "lone", "source_box": [40, 10, 20, 20], "target_box": [40, 10, 20, 20]}
+    cases = [
+        _case("r/1", "set", "r", "s.png", "t.png", [shelf, lone]),
+        _case("o/1", "other", "o", "u.png", "u.png", []),
+    ]
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps({"cases": cases}))
+
+    def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
+        """Both answers at the shelf's copy: right for 'shelf', a wrong box for 'lone'."""
+        copy = BBox(81, 10, 20, 20)
+        return [EvalAnswer(found=q.item_id.startswith("pos:"), bbox=copy, confidence=0.9) for q in queries]
+
+    report = evaluate(path, locate).to_json()
+
+    rows = {row["box_id"]: row for case in report["cases"] for row in case["box_results"]}
+    assert rows["shelf"]["iou"] > 0.9 and rows["shelf"]["other_target_boxes"] == [[80.0, 10.0, 20.0, 20.0]]
+    assert rows["shelf"]["target_box"] == [10.0, 10.0, 20.0, 20.0]
+    assert rows["lone"]["iou"] == 0.0 and "other_target_boxes" not in rows["lone"]
+    assert (report["recall_iou50"], report["found_wrong_box"]) == (0.5, 1)
+
+
 def test_pictures_show_the_worst_cases_first(small_cases: Path, tmp_path: Path) -> None:
     report = evaluate(small_cases, _source_box)
     (tmp_path / "viz" / "99-stale-from-an-earlier-run.png").parent.mkdir()

@@ -1,0 +1,80 @@
+"""``tagstream perturb``: target photos changed one way, true boxes moved with them, sources untouched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from support.photos import EVAL_SAMPLE
+
+from workbench.cli import main
+from workbench.evaluation import EvalCase, load_cases, load_image
+from workbench.perturb import LARGE_FACTOR, VARIANTS, write_variant
+
+CASE = "oxford/leuven/1to4"
+
+
+@pytest.fixture(scope="module")
+def one_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The eval sample's leuven case alone, its images read where they are."""
+    data = json.loads(EVAL_SAMPLE.read_text(encoding="utf-8"))
+    data["cases"] = [case for case in data["cases"] if case["case_id"] == CASE]
+    for case in data["cases"]:
+        case["source_image"] = str(EVAL_SAMPLE.parent / case["source_image"])
+        case["target_image"] = str(EVAL_SAMPLE.parent / case["target_image"])
+    path = tmp_path_factory.mktemp("one") / "cases.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def _variant(one_case: Path, tmp_path: Path, kind: str) -> tuple[EvalCase, EvalCase]:
+    assert write_variant(one_case, tmp_path, kind) == 1
+    (original,) = load_cases(one_case)
+    (changed,) = load_cases(tmp_path / "cases.json")
+    return original, changed
+
+
+@pytest.mark.parametrize("kind", sorted(VARIANTS))
+def test_every_variant_changes_the_target_photo_and_keeps_the_source(one_case: Path, tmp_path: Path, kind: str) -> None:
+    original, changed = _variant(one_case, tmp_path, kind)
+    assert changed.source_path == original.source_path
+    before, after = load_image(original.target_path), load_image(changed.target_path)
+    assert before.shape != after.shape or np.abs(before.astype(int) - after.astype(int)).mean() > 1.0
+    assert [box.source_box for box in changed.boxes] == [box.source_box for box in original.boxes]
+
+
+def test_a_large_photo_scales_its_true_boxes(one_case: Path, tmp_path: Path) -> None:
+    original, changed = _variant(one_case, tmp_path, "large")
+    with Image.open(original.target_path) as before, Image.open(changed.target_path) as after:
+        assert after.size == (before.size[0] * LARGE_FACTOR, before.size[1] * LARGE_FACTOR)
+    for old, new in zip(original.boxes, changed.boxes, strict=True):
+        assert new.target_box is not None and old.target_box is not None
+        assert new.target_box.x == pytest.approx(old.target_box.x * LARGE_FACTOR)
+        assert new.target_box.width == pytest.approx(old.target_box.width * LARGE_FACTOR)
+
+
+def test_a_repeated_product_lists_its_copy(one_case: Path, tmp_path: Path) -> None:
+    original, changed = _variant(one_case, tmp_path, "repeated")
+    width = load_image(original.target_path).shape[1]
+    for old, new in zip(original.boxes, changed.boxes, strict=True):
+        assert new.target_box == old.target_box and old.target_box is not None
+        (copy,) = new.other_target_boxes
+        assert (copy.x, copy.y, copy.width) == (old.target_box.x + width, old.target_box.y, old.target_box.width)
+
+
+def test_occlusion_covers_the_right_of_each_true_box(one_case: Path, tmp_path: Path) -> None:
+    _, changed = _variant(one_case, tmp_path, "occlusion")
+    after = load_image(changed.target_path)
+    for box in changed.boxes:
+        assert box.target_box is not None
+        right = after[int(box.target_box.y) + 1, int(box.target_box.x2) - 2]
+        assert right.tolist() == [128, 128, 128]
+
+
+def test_the_command_writes_the_set_and_refuses_a_missing_one(one_case: Path, tmp_path: Path) -> None:
+    assert main(["perturb", "--cases", str(one_case), "--out", str(tmp_path), "--kind", "dim"]) == 0
+    assert load_cases(tmp_path / "cases.json")[0].case_id == CASE
+    assert main(["perturb", "--cases", str(tmp_path / "none.json"), "--out", str(tmp_path), "--kind", "dim"]) == 2
