@@ -124,6 +124,15 @@ class GeometryConfig:
     # 1.0 a query far from everything (a negative) sees many targets that are merely alike as
     # twins (measured in docs/accuracy.md). 0 turns the second pass off.
     twin_ratio: float = 0.5
+    # Underexposed photos are brightened before SIFT (`GeometricVerifier._exposure_gain`): its
+    # contrast threshold is absolute, so a photo taken at half the light loses its weaker corners.
+    # A photo counts as underexposed when its 99th-percentile grey is below this share of white;
+    # every real photo of eval-dev and eval3d-dev is above it (0.57-1.0), and brightening those
+    # too (a dark-background statue at 0.6) was worse (docs/accuracy.md, "Robustness").
+    underexposed_below: float = 0.5
+    # The most a photo is brightened: a nearly black one has too little signal to be worth
+    # amplifying its noise.
+    max_exposure_gain: float = 4.0
     # A homography has 8 degrees of freedom: with fewer matches than this its 4-point samples fit
     # noise too easily, so an affine map (6 DOF, a good local approximation) is fitted instead.
     min_homography_matches: int = 12
@@ -358,7 +367,7 @@ class GeometricVerifier:
     def target_features(self, image: RGBImage) -> TargetFeatures:
         height, width = image.shape[:2]
         scale = _working_scale(width, height, self.config.max_side)
-        view = _resize(_to_gray(image), scale, cv2.INTER_AREA)
+        view = _resize(_to_gray(image, self._exposure_gain(image)), scale, cv2.INTER_AREA)
         points, descriptors = self._sift(view, None, self.config.max_target_keypoints)
         return TargetFeatures(_apply(_unscale_map(scale), points), self._normalise(descriptors), width, height, scale)
 
@@ -439,7 +448,23 @@ class GeometricVerifier:
         height, width = image.shape[:2]
         x1, y1, x2, y2 = _crop_bounds(box, self.config.source_margin, width, height)
         mask = _box_mask(BBox(box.x - x1, box.y - y1, box.width, box.height), x2 - x1, y2 - y1)
-        return _to_gray(image[y1:y2, x1:x2]), mask, (x1, y1)
+        return _to_gray(image[y1:y2, x1:x2], self._exposure_gain(image)), mask, (x1, y1)
+
+    def _exposure_gain(self, image: RGBImage) -> float:
+        """The gain that brings an underexposed photo's bright end (99th-percentile grey) to white; 1 for the rest.
+
+        SIFT's contrast threshold is absolute: a photo taken at half the light has half the
+        difference-of-Gaussian contrast, and its weaker corners fall below the threshold while
+        the descriptors (unit vectors) would not have minded. The gain is a property of the
+        photo, so a source box's crop gets its photo's gain. Every fourth pixel in each
+        direction is plenty for a percentile.
+        """
+        cfg = self.config
+        sample = _to_gray(np.ascontiguousarray(image[::4, ::4]), 1.0)
+        bright = float(np.percentile(sample, 99)) if sample.size else 255.0
+        if bright >= cfg.underexposed_below * 255.0:
+            return 1.0
+        return min(cfg.max_exposure_gain, 255.0 / max(bright, 1.0))
 
     def _source(
         self,
@@ -770,8 +795,9 @@ class GeometricVerifier:
 # ------------------------------------------------------------------------------ image views
 
 
-def _to_gray(image: RGBImage) -> GrayImage:
-    return np.asarray(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY), dtype=np.uint8)
+def _to_gray(image: RGBImage, gain: float) -> GrayImage:
+    gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    return np.asarray(gray if gain == 1.0 else cv2.convertScaleAbs(gray, alpha=gain), dtype=np.uint8)
 
 
 def _working_scale(width: int, height: int, max_side: int) -> float:
