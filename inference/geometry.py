@@ -49,8 +49,9 @@ _GUIDED_ROWS = 1024
 # Most simulated views of one box extracted at once (`GeometricVerifier`): bounds their memory.
 _MAX_VIEW_THREADS = 4
 # Most copies of one feature the twin ratio test looks past (`_Nearest.twin_candidates`): with more
-# copies in one photo the runner-up is itself a twin and the test fails as the plain one does.
-# Eight bounds the neighbours gathered per query keypoint to ~5 KB.
+# copies in one photo the runner-up is the farthest of the nine neighbours, itself a twin, and
+# only the copies clearly nearer than it pass, so the test degrades. Eight bounds the
+# neighbours gathered per query keypoint to ~5 KB.
 _MAX_TWINS = 8
 
 
@@ -120,9 +121,10 @@ class GeometryConfig:
     # keeps its matches and the robust fit picks one. It is a second pass only
     # (`GeometricVerifier.verify_views`): with twins as candidates, repetition *within* one
     # object (the temple's columns) makes more chance matches, so it runs where the plain
-    # matches fit no model and adds at least ``min_inliers`` candidates. 0.5 rather than 1.0: at
-    # 1.0 a query far from everything (a negative) sees many targets that are merely alike as
-    # twins (measured in docs/accuracy.md). 0 turns the second pass off.
+    # matches of all views fit no model (so never without ``source_tilts``) and only when it adds
+    # at least ``min_inliers`` correspondences. 0.5 rather than 1.0: at 1.0 a query far from
+    # everything (a negative) sees many targets that are merely alike as twins (measured in
+    # docs/accuracy.md). 0 turns the second pass off.
     twin_ratio: float = 0.5
     # Underexposed photos are brightened before SIFT (`GeometricVerifier._exposure_gain`): its
     # contrast threshold is absolute, so a photo taken at half the light loses its weaker corners.
@@ -275,9 +277,9 @@ class _Nearest:
         if len(query) == 0 or len(train) < 2:
             empty = torch.zeros((len(query), 0))
             return _Nearest(points, empty, empty.long())
-        similarity = torch.from_numpy(query) @ torch.from_numpy(train).T
-        nearest, columns = torch.topk(similarity, min(count, len(train)), dim=1)
-        return _Nearest(points, 2.0 - 2.0 * nearest, columns)
+        nearest, columns = torch.topk(_similarities(query, train), min(count, len(train)), dim=1)
+        # Clamped: rounding can take an identical descriptor's distance a hair below zero.
+        return _Nearest(points, (2.0 - 2.0 * nearest).clamp_min(0.0), columns)
 
     def candidates(self, ratio: float) -> _Candidates:
         """Lowe's ratio test: the keypoints whose nearest descriptor is clearly closer than the runner-up."""
@@ -298,7 +300,7 @@ class _Nearest:
             return self._none()
         neighbours = torch.from_numpy(train)[self.columns]
         from_nearest = 2.0 - 2.0 * torch.einsum("qd,qkd->qk", neighbours[:, 0], neighbours)
-        twin = from_nearest < (twin_ratio * twin_ratio) * self.distances[:, :1]
+        twin = from_nearest <= (twin_ratio * twin_ratio) * self.distances[:, :1]
         twin[:, 0] = True
         runner_up = torch.where(twin, torch.full_like(self.distances, math.inf), self.distances).min(dim=1).values
         runner_up = torch.where(torch.isinf(runner_up), self.distances[:, -1], runner_up)
@@ -460,8 +462,7 @@ class GeometricVerifier:
         direction is plenty for a percentile.
         """
         cfg = self.config
-        sample = _to_gray(np.ascontiguousarray(image[::4, ::4]), 1.0)
-        bright = float(np.percentile(sample, 99)) if sample.size else 255.0
+        bright = float(np.percentile(_to_gray(image[::4, ::4], 1.0), 99))
         if bright >= cfg.underexposed_below * 255.0:
             return 1.0
         return min(cfg.max_exposure_gain, 255.0 / max(bright, 1.0))
@@ -503,7 +504,7 @@ class GeometricVerifier:
         step, which gives exactly the matches of all views matched at once.
         """
         settle = self.config.settle_confidence if settle_confidence is None else settle_confidence
-        frontal_nearest = self._nearest(frontal, target, source_box)
+        frontal_nearest = self._nearest(frontal, target, source_box, twins=True)
         frontal_candidates = frontal_nearest.candidates(self.config.lowe_ratio)
         matches = frontal_candidates.correspondences(target)
         match = self.fit(matches, frontal, target, source_box)
@@ -511,7 +512,7 @@ class GeometricVerifier:
             return Verification(frontal, matches, match)
         views = tilted()
         source = frontal.joined(views)
-        views_nearest = self._nearest(views, target, source_box)
+        views_nearest = self._nearest(views, target, source_box, twins=True)
         matches = frontal_candidates.plus(views_nearest.candidates(self.config.lowe_ratio)).correspondences(target)
         match = self.fit(matches, source, target, source_box)
         if match is not None or self.config.twin_ratio <= 0:
@@ -529,7 +530,7 @@ class GeometricVerifier:
         """The second pass of `verify_views` for a product shown more than once (``GeometryConfig.twin_ratio``).
 
         It reads the neighbours the first pass found, so it costs no second descriptor product.
-        Only where the twins add at least ``min_inliers`` candidates to ``matches`` is a model
+        Only where the twins add at least ``min_inliers`` correspondences to ``matches`` is a model
         fitted: fewer cannot be a copy of the product the plain test missed, and a fit costs a full
         RANSAC run on every negative.
         """
@@ -555,12 +556,16 @@ class GeometricVerifier:
         Kept apart from ``fit`` because the matches are evidence on their own: a deformed product
         (a bag, a shirt) fails every rigid model yet still has many matches inside its box.
         """
-        return self._nearest(source, target, source_box).candidates(self.config.lowe_ratio).correspondences(target)
+        nearest = self._nearest(source, target, source_box, twins=False)
+        return nearest.candidates(self.config.lowe_ratio).correspondences(target)
 
-    def _nearest(self, source: SourceFeatures, target: TargetFeatures, source_box: BBox) -> _Nearest:
-        """The nearest target descriptors of every source keypoint in ``source_box``: what the ratio tests read."""
+    def _nearest(self, source: SourceFeatures, target: TargetFeatures, source_box: BBox, twins: bool) -> _Nearest:
+        """The nearest target descriptors of every source keypoint in ``source_box``: what the ratio tests read.
+
+        Two suffice for the plain test; the twin test (``twins``) needs ``_MAX_TWINS`` + 1.
+        """
         inside = _points_in_box(source.keypoints, source_box)
-        count = _MAX_TWINS + 1 if self.config.twin_ratio > 0 else 2
+        count = _MAX_TWINS + 1 if twins and self.config.twin_ratio > 0 else 2
         return _Nearest.of(
             source.keypoints[inside].astype(np.float64), source.descriptors[inside], target.descriptors, count
         )
@@ -899,7 +904,11 @@ def _points_in_box(points: FloatArray | DoubleArray, box: BBox) -> BoolArray:
 
 def _cosines(query: FloatArray, train: FloatArray) -> FloatArray:
     """Every query unit vector's cosine with every train one, in torch (see `_Nearest`)."""
-    return np.asarray((torch.from_numpy(query) @ torch.from_numpy(train).T).numpy())
+    return np.asarray(_similarities(query, train).numpy())
+
+
+def _similarities(query: FloatArray, train: FloatArray) -> torch.Tensor:
+    return torch.from_numpy(query) @ torch.from_numpy(train).T
 
 
 def _ratio_test_of(similarity: FloatArray, ratio: float) -> tuple[IndexArray, IndexArray, FloatArray]:

@@ -49,7 +49,8 @@ def collect(cases: Iterable[Path], config: GeometryConfig) -> list[Sample]:
             )
             if match is None:
                 continue
-            right = item.target_box is not None and match.bbox.iou(item.target_box) >= 0.5
+            truth = item.truth_for(match.bbox)
+            right = truth is not None and match.bbox.iou(truth) >= 0.5
             features = confidence_features(match.inliers, match.inlier_ratio, match.coverage, config.min_inliers)
             samples.append(Sample(features, right))
     return samples

@@ -92,6 +92,12 @@ class EvalItem:
     view_change_deg: float | None = None
     other_target_boxes: tuple[BBox, ...] = ()  # more copies of the product: right answers too
 
+    def truth_for(self, answer: BBox | None) -> BBox | None:
+        """The true box ``answer`` is judged against: of the product's copies, the one it overlaps most."""
+        if self.target_box is None or answer is None:
+            return self.target_box
+        return max((self.target_box, *self.other_target_boxes), key=answer.iou)
+
     @property
     def view_change_bucket(self) -> str | None:
         """``"30-60"`` and the like (degrees of viewpoint change), for per-bucket scores."""
@@ -285,11 +291,7 @@ class ItemResult:
 
     @property
     def truth(self) -> BBox | None:
-        """The true box the answer is judged against: of the product's copies, the one it overlaps most."""
-        if self.item.target_box is None or self.answer.bbox is None:
-            return self.item.target_box
-        answer = self.answer.bbox
-        return max((self.item.target_box, *self.item.other_target_boxes), key=answer.iou)
+        return self.item.truth_for(self.answer.bbox)
 
     @property
     def iou(self) -> float:

@@ -62,6 +62,8 @@ def _perturb(args: argparse.Namespace) -> int:
 def write_variant(cases_json: Path, out: Path, kind: str, seed: int = 0) -> int:
     """Writes ``out/cases.json`` and the changed target photos; returns how many photos were written.
 
+    A target photo that several cases share (eval3d-dev: one YCB frame, five source scenes) is
+    changed once, with the true boxes of all of them: occlusion covers every product in it.
     Source image paths become absolute, so the new set reads the originals where they are.
     """
     root = cases_json.resolve().parent
@@ -69,21 +71,26 @@ def write_variant(cases_json: Path, out: Path, kind: str, seed: int = 0) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     change = VARIANTS[kind]
+    by_photo: dict[str, list[dict[str, Any]]] = {}
     for case in data["cases"]:
-        with Image.open(root / case["target_image"]) as image:
+        by_photo.setdefault(str(case["target_image"]), []).append(case)
+    for photo, cases in by_photo.items():
+        with Image.open(root / photo) as image:
             pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-        truths = [box for box in case["boxes"] if box.get("target_box")]
+        truths = [box for case in cases for box in case["boxes"] if box.get("target_box")]
         pixels = change(pixels, truths, rng)
-        name = str(case["target_image"]).replace("/", "_").rsplit(".", 1)[0] + ".png"
+        name = photo.replace("/", "_").rsplit(".", 1)[0] + ".png"
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out / name)
-        case["source_image"] = str((root / case["source_image"]).resolve())
-        case["target_image"] = name
-        case["target_size"] = [pixels.shape[1], pixels.shape[0]]
-        # The published homography maps into the original photo, no longer into this one.
-        case["H_source_to_target"] = None
+        for case in cases:
+            case["source_image"] = str((root / case["source_image"]).resolve())
+            case["target_image"] = name
+            case["target_size"] = [pixels.shape[1], pixels.shape[0]]
+            # The published homography maps into the original photo, no longer into this one.
+            case["H_source_to_target"] = None
+            case["homography_file"] = None
     data["description"] = f"{data.get('description', '')} [target photos changed: {kind}]".strip()
     (out / "cases.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
-    return len(data["cases"])
+    return len(by_photo)
 
 
 def _lighting(pixels: Pixels, _: list[dict[str, Any]], __: np.random.Generator) -> Pixels:
@@ -101,7 +108,11 @@ def _large(pixels: Pixels, truths: list[dict[str, Any]], _: np.random.Generator)
     larger = image.resize((width * LARGE_FACTOR, height * LARGE_FACTOR), Image.Resampling.BICUBIC)
     for box in truths:
         box["target_box"] = [v * LARGE_FACTOR for v in box["target_box"]]
+        if box.get("target_box_unclipped"):
+            box["target_box_unclipped"] = [v * LARGE_FACTOR for v in box["target_box_unclipped"]]
         box.pop("target_quad", None)
+        # The recorded baseline compared the source box with the true box in the smaller photo.
+        box.pop("trivial_baseline_iou", None)
     return np.asarray(larger, dtype=np.float32)
 
 

@@ -18,6 +18,7 @@ from inference.geometry import (
     GeometryConfig,
     SourceFeatures,
     TargetFeatures,
+    _cosines,
     _is_convex_same_orientation,
     _Nearest,
     _project,
@@ -256,7 +257,7 @@ def test_the_plain_ratio_test_is_lowes() -> None:
     """The first pass is Lowe's ratio test, exactly as `_ratio_test_of` applies it to a cosine matrix."""
     source, target, _, _ = _features_with_decoys()
     nearest = _Nearest.of(source.keypoints.astype(np.float64), source.descriptors, target.descriptors, 2)
-    rows, columns, _ = _ratio_test_of(source.descriptors @ target.descriptors.T, 0.85)
+    rows, columns, _ = _ratio_test_of(_cosines(source.descriptors, target.descriptors), 0.85)
     candidates = nearest.candidates(0.85)
     np.testing.assert_array_equal(candidates.columns, columns)
     np.testing.assert_array_equal(candidates.source, source.keypoints[rows].astype(np.float64))

@@ -74,6 +74,28 @@ def test_occlusion_covers_the_right_of_each_true_box(one_case: Path, tmp_path: P
         assert right.tolist() == [128, 128, 128]
 
 
+def test_a_photo_shared_by_cases_is_changed_once_with_all_their_boxes(one_case: Path, tmp_path: Path) -> None:
+    """Two cases with one target photo and a box each: occlusion covers both boxes, in one file."""
+    data = json.loads(one_case.read_text(encoding="utf-8"))
+    (case,) = data["cases"]
+    other = json.loads(json.dumps(case))
+    other["case_id"] = "second"
+    other["boxes"] = [dict(case["boxes"][0], box_id="elsewhere", target_box=[5, 5, 60, 40])]
+    case["boxes"] = case["boxes"][:1]
+    data["cases"] = [case, other]
+    shared = tmp_path / "shared" / "cases.json"
+    shared.parent.mkdir()
+    shared.write_text(json.dumps(data), encoding="utf-8")
+
+    assert write_variant(shared, tmp_path / "out", "occlusion") == 1
+    first, second = load_cases(tmp_path / "out" / "cases.json")
+    assert first.target_path == second.target_path
+    after = load_image(first.target_path)
+    for box in (first.boxes[0].target_box, second.boxes[0].target_box):
+        assert box is not None
+        assert after[int(box.y) + 1, int(box.x2) - 2].tolist() == [128, 128, 128]
+
+
 def test_the_command_writes_the_set_and_refuses_a_missing_one(one_case: Path, tmp_path: Path) -> None:
     assert main(["perturb", "--cases", str(one_case), "--out", str(tmp_path), "--kind", "dim"]) == 0
     assert load_cases(tmp_path / "cases.json")[0].case_id == CASE
