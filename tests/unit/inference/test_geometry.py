@@ -263,6 +263,14 @@ def test_the_plain_ratio_test_is_lowes() -> None:
     np.testing.assert_array_equal(candidates.source, source.keypoints[rows].astype(np.float64))
 
 
+def _verified_as_the_pipeline_does(
+    verifier: GeometricVerifier, source_image: RGBImage, box: BBox, target: TargetFeatures
+) -> GeometricMatch | None:
+    """``verify_views`` with the simulated views extracted only when asked for, as the pipeline calls it."""
+    frontal = verifier.frontal_features(source_image, box)
+    return verifier.verify_views(frontal, lambda: verifier.tilted_features(source_image, box), target, box).match
+
+
 def _shown_twice(image: RGBImage) -> RGBImage:
     return np.ascontiguousarray(np.concatenate([image, image], axis=1))
 
@@ -281,18 +289,15 @@ def test_a_product_shown_twice_is_found_on_one_of_its_copies(twin_ratio: float) 
     target = verifier.target_features(_shown_twice(target_image))
     for box in case.boxes:
         assert box.target_box is not None
-        frontal = verifier.frontal_features(source_image, box.source_box)
-        checked = verifier.verify_views(
-            frontal, lambda b=box.source_box: verifier.tilted_features(source_image, b), target, box.source_box
-        )
+        match = _verified_as_the_pipeline_does(verifier, source_image, box.source_box, target)
         if twin_ratio == 0:
-            assert checked.match is None, box.box_id
+            assert match is None, box.box_id
             continue
-        assert checked.match is not None, box.box_id
+        assert match is not None, box.box_id
         copy = BBox(
             box.target_box.x + target_image.shape[1], box.target_box.y, box.target_box.width, box.target_box.height
         )
-        assert max(checked.match.bbox.iou(box.target_box), checked.match.bbox.iou(copy)) >= 0.85, box.box_id
+        assert max(match.bbox.iou(box.target_box), match.bbox.iou(copy)) >= 0.85, box.box_id
 
 
 def test_guided_matching_recovers_matches_the_global_ratio_test_drops() -> None:
@@ -602,14 +607,11 @@ def test_a_product_in_an_underexposed_photo_is_found(underexposed_below: float) 
     target = verifier.target_features(_underexposed(_image(case.target_path)))
     for box in (b for b in case.boxes if b.box_id in ("part_tl", "part_br")):
         assert box.target_box is not None
-        frontal = verifier.frontal_features(source_image, box.source_box)
-        checked = verifier.verify_views(
-            frontal, lambda b=box.source_box: verifier.tilted_features(source_image, b), target, box.source_box
-        )
+        match = _verified_as_the_pipeline_does(verifier, source_image, box.source_box, target)
         if underexposed_below == 0:
-            assert checked.match is None, box.box_id
+            assert match is None, box.box_id
         else:
-            assert checked.match is not None and checked.match.bbox.iou(box.target_box) >= 0.7, box.box_id
+            assert match is not None and match.bbox.iou(box.target_box) >= 0.7, box.box_id
 
 
 NEGATIVE_PAIRS = [

@@ -74,7 +74,7 @@ def test_occlusion_covers_the_right_of_each_true_box(one_case: Path, tmp_path: P
         assert right.tolist() == [128, 128, 128]
 
 
-def test_a_photo_shared_by_cases_is_changed_once_with_all_their_boxes(one_case: Path, tmp_path: Path) -> None:
+def test_a_photo_of_several_cases_is_changed_once_with_all_their_boxes(one_case: Path, tmp_path: Path) -> None:
     """Two cases with one target photo and a box each: occlusion covers both boxes, in one file."""
     data = json.loads(one_case.read_text(encoding="utf-8"))
     (case,) = data["cases"]
@@ -83,11 +83,11 @@ def test_a_photo_shared_by_cases_is_changed_once_with_all_their_boxes(one_case: 
     other["boxes"] = [dict(case["boxes"][0], box_id="elsewhere", target_box=[5, 5, 60, 40])]
     case["boxes"] = case["boxes"][:1]
     data["cases"] = [case, other]
-    shared = tmp_path / "shared" / "cases.json"
-    shared.parent.mkdir()
-    shared.write_text(json.dumps(data), encoding="utf-8")
+    both = tmp_path / "both" / "cases.json"
+    both.parent.mkdir()
+    both.write_text(json.dumps(data), encoding="utf-8")
 
-    assert write_variant(shared, tmp_path / "out", "occlusion") == 1
+    assert write_variant(both, tmp_path / "out", "occlusion") == 1
     first, second = load_cases(tmp_path / "out" / "cases.json")
     assert first.target_path == second.target_path
     after = load_image(first.target_path)
