@@ -55,8 +55,15 @@ def kafka_classpath(cache_root: Path | None = None) -> str:
 
 
 def cluster_id() -> str:
-    """A Kafka cluster id: a UUID in URL-safe base64 without padding (``kafka-storage.sh random-uuid``)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: a UUID in URL-safe base64 without padding (``kafka-storage.sh random-uuid``).
+
+    One id in 64 would start with ``-``, and ``kafka-storage format -t -xyz`` reads that as an
+    option and fails; Kafka's own ``Uuid.randomUuid`` draws again in that case, and so does this.
+    """
+    while True:
+        drawn = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not drawn.startswith("-"):
+            return drawn
 
 
 class ApacheKafkaBroker(BrokerProcess):
