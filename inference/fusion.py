@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from inference.config import SearchConfig
-from inference.types import BBox, Detection, Method, TagMatch
+from inference.types import BBox, Copy, Detection, Method, TagMatch
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class ClipEvidence:
 class GeometricEvidence:
     bbox: BBox
     confidence: float
+    # Further copies of the product the verifier found beside ``bbox`` (`Verification.copies`).
+    copies: tuple[Copy, ...] = ()
 
 
 def decide(
@@ -70,6 +72,7 @@ def decide(
             bbox=geometric.bbox,
             detected_class=detected_class(geometric.bbox, detections),
             method=Method.GEOMETRIC,
+            copies=tuple(Copy(c.bbox, round(c.confidence, 4)) for c in geometric.copies if c.confidence >= threshold),
         )
     if clip is not None and _clip_accepts(clip, threshold, source_textured, search):
         return TagMatch(

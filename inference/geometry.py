@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, replace
+from functools import partial, reduce
 from typing import Literal, cast
 
 import cv2
@@ -126,6 +126,16 @@ class GeometryConfig:
     # everything (a negative) sees many targets that are merely alike as twins (measured in
     # docs/accuracy.md). 0 turns the second pass off.
     twin_ratio: float = 0.5
+    # Further copies of a found product in the same photo (a shelf of one brand) are looked for
+    # among the twin test's matches outside the boxes found so far, each fitted and checked like
+    # the first (`GeometricVerifier.verify_views`), up to this many; 0 looks for none. A shelf
+    # photo rarely shows more than a handful of one product large enough to match, and each
+    # search costs a robust fit.
+    max_copies: int = 8
+    # A further copy whose box covers more than this share of an earlier box (of the smaller of
+    # the two) is the same copy seen again through leftover matches, not another one: copies of
+    # a product lie side by side or in front of each other, hiding at most a part.
+    max_copy_overlap: float = 0.25
     # Underexposed photos are brightened before SIFT (`GeometricVerifier._exposure_gain`): its
     # contrast threshold is absolute, so a photo taken at half the light loses its weaker corners.
     # A photo counts as underexposed when its 99th-percentile grey is below this share of white;
@@ -341,6 +351,9 @@ class Verification:
     source: SourceFeatures
     matches: Correspondences
     match: GeometricMatch | None
+    # Further copies of the product in the target, each fitted and checked like ``match``
+    # (never without it), in the order found.
+    copies: tuple[GeometricMatch, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -509,15 +522,17 @@ class GeometricVerifier:
         matches = frontal_candidates.correspondences(target)
         match = self.fit(matches, frontal, target, source_box)
         if not self.config.source_tilts or (match is not None and match.confidence >= settle):
-            return Verification(frontal, matches, match)
+            return self._with_copies(Verification(frontal, matches, match), (frontal_nearest,), target, source_box)
         views = tilted()
         source = frontal.joined(views)
-        views_nearest = self._nearest(views, target, source_box, twins=True)
-        matches = frontal_candidates.plus(views_nearest.candidates(self.config.lowe_ratio)).correspondences(target)
+        nearest = (frontal_nearest, self._nearest(views, target, source_box, twins=True))
+        matches = frontal_candidates.plus(nearest[1].candidates(self.config.lowe_ratio)).correspondences(target)
         match = self.fit(matches, source, target, source_box)
-        if match is not None or self.config.twin_ratio <= 0:
-            return Verification(source, matches, match)
-        return self._verify_with_twins(source, (frontal_nearest, views_nearest), matches, target, source_box)
+        if match is None and self.config.twin_ratio > 0:
+            found = self._verify_with_twins(source, nearest, matches, target, source_box)
+        else:
+            found = Verification(source, matches, match)
+        return self._with_copies(found, nearest, target, source_box)
 
     def _verify_with_twins(
         self,
@@ -535,12 +550,46 @@ class GeometricVerifier:
         RANSAC run on every negative.
         """
         cfg = self.config
-        frontal, views = (n.twin_candidates(target.descriptors, cfg.lowe_ratio, cfg.twin_ratio) for n in nearest)
-        twins = frontal.plus(views).correspondences(target)
+        twins = self._twin_correspondences(nearest, target)
         if len(twins) - len(matches) < cfg.min_inliers:
             return Verification(source, matches, None)
         match = self.fit(twins, source, target, source_box)
         return Verification(source, twins, match) if match is not None else Verification(source, matches, None)
+
+    def _with_copies(
+        self, found: Verification, nearest: Sequence[_Nearest], target: TargetFeatures, source_box: BBox
+    ) -> Verification:
+        """``found`` with the further copies of the product in the target (``GeometryConfig.max_copies``).
+
+        The twin test's matches keep every copy's (one keypoint may match once per copy); the
+        matches inside the boxes found so far are set aside, and what remains is fitted with the
+        same robust fit, guided growth and sanity rules as the first copy. The search stops at
+        the first fit that fails or that lands on a box already found. ``found.matches`` stays
+        what the first copy was decided on.
+        """
+        cfg = self.config
+        if found.match is None or cfg.max_copies <= 0 or cfg.twin_ratio <= 0:
+            return found
+        everything = self._twin_correspondences(nearest, target)
+        boxes = [found.match.bbox]
+        copies: list[GeometricMatch] = []
+        while len(copies) < cfg.max_copies:
+            elsewhere = ~np.any([_points_in_box(everything.target, box) for box in boxes], axis=0)
+            if np.count_nonzero(elsewhere) < cfg.min_inliers:
+                break
+            rest = Correspondences(everything.source[elsewhere], everything.target[elsewhere])
+            copy = self.fit(rest, found.source, target, source_box)
+            if copy is None or any(_overlap(copy.bbox, box) > cfg.max_copy_overlap for box in boxes):
+                break
+            copies.append(copy)
+            boxes.append(copy.bbox)
+        return replace(found, copies=tuple(copies))
+
+    def _twin_correspondences(self, nearest: Sequence[_Nearest], target: TargetFeatures) -> Correspondences:
+        """The twin test's matches of every view in ``nearest``, pooled (``GeometryConfig.twin_ratio``)."""
+        cfg = self.config
+        pooled = [n.twin_candidates(target.descriptors, cfg.lowe_ratio, cfg.twin_ratio) for n in nearest]
+        return reduce(_Candidates.plus, pooled).correspondences(target)
 
     def verify(self, source: SourceFeatures, target: TargetFeatures, source_box: BBox) -> GeometricMatch | None:
         """The target location of ``source_box``, or None when the geometry does not support one.
@@ -964,6 +1013,13 @@ def _supported_region(points: DoubleArray, box: BBox, reach: float) -> DoubleArr
     supported = corners[distance <= reach * math.hypot(box.width, box.height)]
     hull = cv2.convexHull(np.vstack([ellipse, points, supported]).astype(np.float32)).reshape(-1, 2)
     return np.asarray(hull, dtype=np.float64)
+
+
+def _overlap(box: BBox, other: BBox) -> float:
+    """The area the two boxes share, over the smaller one's: 1 when one holds the other."""
+    shared = BBox.from_xyxy(max(box.x, other.x), max(box.y, other.y), min(box.x2, other.x2), min(box.y2, other.y2))
+    smaller = min(box.area, other.area)
+    return shared.area / smaller if smaller > 0 else 0.0
 
 
 def _distinct(points: DoubleArray, cell: float) -> int:

@@ -31,7 +31,7 @@ from inference.fusion import ClipEvidence, GeometricEvidence, decide, standout
 from inference.geometry import Correspondences, GeometricVerifier, LocalMatch, SourceFeatures, TargetFeatures
 from inference.runtime import keep_thread_count
 from inference.tags import tag_error
-from inference.types import BBox, Detection, MatchRequest, MatchResult, SourceImage, SourceTag, TagMatch
+from inference.types import BBox, Copy, Detection, MatchRequest, MatchResult, SourceImage, SourceTag, TagMatch
 from inference.warm_up import DEFAULT_SHAPES, warm_up
 
 
@@ -184,7 +184,11 @@ class Pipeline:
             job.textured = len(checked.source.keypoints) >= self.config.search.textured_min_keypoints
             job.matches = checked.matches
             if checked.match is not None:
-                job.geometric = GeometricEvidence(checked.match.bbox, checked.match.confidence)
+                job.geometric = GeometricEvidence(
+                    checked.match.bbox,
+                    checked.match.confidence,
+                    tuple(Copy(copy.bbox, copy.confidence) for copy in checked.copies),
+                )
             elif job.textured and len(job.matches) >= self.config.search.min_local_support:
                 job.local = self.verifier.local_model(job.matches, checked.source, targets[job.request_index], job.box)
 
@@ -345,8 +349,8 @@ class Pipeline:
                 detections[job.request_index],
                 self.config.search,
             )
-            if match.bbox is not None and request.target_scale != 1.0:
-                match = replace(match, bbox=match.bbox.scaled(1.0 / request.target_scale))
+            if request.target_scale != 1.0:
+                match = match.scaled(1.0 / request.target_scale)
             results[job.request_index].append(match)
         return results
 

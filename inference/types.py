@@ -6,7 +6,7 @@ and every stage (detector, crops, local features) reads the same array without r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
@@ -127,6 +127,14 @@ class Method(str, Enum):
 
 
 @dataclass(frozen=True)
+class Copy:
+    """A further place a found product appears in the target (a shelf of one brand), found and checked like the first."""
+
+    bbox: BBox
+    confidence: float
+
+
+@dataclass(frozen=True)
 class TagMatch:
     """The verdict for one source tag; ``method`` names the signal that decided it."""
 
@@ -137,6 +145,16 @@ class TagMatch:
     detected_class: str | None
     method: Method
     error: str | None = None
+    # Further copies of the product in the target, at the threshold too; only beside a found ``bbox``.
+    copies: tuple[Copy, ...] = ()
+
+    def scaled(self, factor: float) -> TagMatch:
+        """The same verdict with every box in an image resized by ``factor``."""
+        return replace(
+            self,
+            bbox=self.bbox.scaled(factor) if self.bbox is not None else None,
+            copies=tuple(Copy(c.bbox.scaled(factor), c.confidence) for c in self.copies),
+        )
 
     @classmethod
     def invalid(cls, product_id: str, error: str) -> TagMatch:

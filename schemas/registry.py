@@ -31,6 +31,7 @@ _BUILTIN: Final = (
     (2, "tag_suggestions.v1.avsc"),
     (3, "dead_letter.v1.avsc"),
     (4, "dead_letter.v2.avsc"),
+    (5, "tag_suggestions.v2.avsc"),
 )
 
 

@@ -166,6 +166,7 @@ def suggestion_record(
             "detected_class": match.detected_class,
             "method": Method(match.method).value,
             "error": match.error,
+            "copies": [{"bbox": _bbox(copy.bbox), "confidence": float(copy.confidence)} for copy in match.copies],
         }
         for match in result.matches
     ]

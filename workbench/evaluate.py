@@ -117,7 +117,13 @@ def _summary(result: dict[str, Any]) -> str:
     for category, buckets in result["per_view_change"].items():
         lines += ["", f"{category} by viewpoint change (degrees)", header]
         lines += [_row(bucket, scores) for bucket, scores in buckets.items()]
-    lines += ["", header, _row("OVERALL", result), f"seconds: {result['seconds']:.1f}"]
+    lines += ["", header, _row("OVERALL", result)]
+    if result["copies_expected"] or result["copies_wrong"]:
+        lines.append(
+            f"further copies of repeated products: {result['copies_found']} of {result['copies_expected']} found, "
+            f"{result['copies_wrong']} answered where no copy is"
+        )
+    lines.append(f"seconds: {result['seconds']:.1f}")
     return "\n".join(lines)
 
 

@@ -129,6 +129,7 @@ class EvalAnswer:
     bbox: BBox | None
     confidence: float
     method: str | None = None  # which route answered (``inference.types.Method``), when the locator says
+    copies: tuple[BBox, ...] = ()  # further copies of the product answered beside ``bbox``
 
 
 Locator = Callable[[list[EvalQuery]], list[EvalAnswer]]
@@ -309,6 +310,28 @@ class ItemResult:
         return self.answer.found and self.answer.bbox is not None
 
     @property
+    def copies_right(self) -> int:
+        """Answered copies that land (IoU >= 0.5) on a further true copy, each true copy counted once.
+
+        The true copies are those ``truth`` (the one the main answer is judged against) leaves;
+        a copy answered on a product that is not there, or twice on one copy, is wrong.
+        """
+        if not self.found:
+            return 0
+        left = [box for box in (self.item.target_box, *self.item.other_target_boxes) if box is not self.truth]
+        right = 0
+        for copy in self.answer.copies:
+            hit = next((box for box in left if box is not None and copy.iou(box) >= IOU_SUCCESS), None)
+            if hit is not None:
+                left.remove(hit)
+                right += 1
+        return right
+
+    @property
+    def copies_wrong(self) -> int:
+        return len(self.answer.copies) - self.copies_right if self.found else 0
+
+    @property
     def area_ratio(self) -> float | None:
         """Returned area over true area: above 1 an inflated box, below 1 a shrunken one."""
         truth = self.truth
@@ -336,6 +359,11 @@ class Scores:
     # what a user sees of the suggestions made.
     precision: float | None = None
     median_area_ratio: float | None = None  # returned / true area of found boxes (inflation)
+    # Repeated products (cases.json ``other_target_boxes``): further true copies of the positives,
+    # how many of them an answered copy found, and answered copies that hit none (negatives too).
+    copies_expected: int = 0
+    copies_found: int = 0
+    copies_wrong: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -351,6 +379,9 @@ class Scores:
             "not_found": self.not_found,
             "precision": _round(self.precision),
             "median_area_ratio": _round(self.median_area_ratio),
+            "copies_expected": self.copies_expected,
+            "copies_found": self.copies_found,
+            "copies_wrong": self.copies_wrong,
         }
 
 
@@ -377,6 +408,9 @@ def compute_scores(results: Iterable[ItemResult]) -> Scores:
         not_found=len(positives) - len(found),
         precision=correct / answered if answered else None,
         median_area_ratio=float(np.median(ratios)) if ratios else None,
+        copies_expected=sum(len(r.item.other_target_boxes) for r in positives),
+        copies_found=sum(r.copies_right for r in positives),
+        copies_wrong=sum(r.copies_wrong for r in (*positives, *negatives)),
     )
 
 
@@ -444,6 +478,8 @@ def _result_row(result: ItemResult) -> dict[str, Any]:
         "bbox": _box_json(result.answer.bbox),
         "method": result.answer.method,
     }
+    if result.answer.copies:
+        row["copies"] = [_box_json(box) for box in result.answer.copies]
     if result.item.kind == "positive":
         row.update(
             iou=round(result.iou, 4),

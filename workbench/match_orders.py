@@ -25,7 +25,8 @@ def order_spread(seeds: list[int | None], reports: list[dict[str, Any]]) -> dict
 
     Counts, not rates, so that rows can be added up (e.g. the view-change buckets up to 60
     degrees) run by run: ``right`` (IoU >= 0.5), ``found_wrong_box``, ``not_found`` and
-    ``false_positives``, each a list in the order of ``seeds``.
+    ``false_positives``, each a list in the order of ``seeds``; where the set has repeated
+    products, also ``copies_found`` and ``copies_wrong``.
     """
     if len(seeds) != len(reports) or not reports:
         raise ValueError("one report per seed is needed")
@@ -52,6 +53,8 @@ def _row(scores: list[dict[str, Any]]) -> dict[str, Any]:
         "found_wrong_box": [s["found_wrong_box"] for s in scores],
         "not_found": [s["not_found"] for s in scores],
         "false_positives": [s["false_positives"] for s in scores],
+        "copies_found": [s["copies_found"] for s in scores],
+        "copies_wrong": [s["copies_wrong"] for s in scores],
     }
 
 
@@ -66,6 +69,13 @@ def spread_summary(spread: dict[str, Any]) -> str:
     for category, buckets in spread["per_view_change"].items():
         lines += [_line(f"{category} {bucket}", row) for bucket, row in buckets.items()]
     lines.append(_line("OVERALL", spread["overall"]))
+    overall = spread["overall"]
+    if any(overall["copies_found"]) or any(overall["copies_wrong"]):
+        found, wrong = overall["copies_found"], overall["copies_wrong"]
+        lines.append(
+            f"further copies found: natural {found[0]}, mean {fmean(found):.2f}; "
+            f"answered where no copy is: natural {wrong[0]}, mean {fmean(wrong):.2f}, max {max(wrong)}"
+        )
     return "\n".join(lines)
 
 

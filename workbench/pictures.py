@@ -61,9 +61,10 @@ def write_pictures(report: EvalReport, directory: Path, limit: int = 24) -> list
 def _picture(what: str, result: ItemResult) -> Image.Image:
     item, answer = result.item, result.answer
     source = _panel(item.source_path, [(item.source_box, SOURCE_COLOUR)])
-    boxes = [(item.target_box, TRUTH_COLOUR)] if item.target_box is not None else []
+    truths = (item.target_box, *item.other_target_boxes) if item.target_box is not None else ()
+    boxes = [(box, TRUTH_COLOUR) for box in truths]
     if answer.found and answer.bbox is not None:
-        boxes.append((answer.bbox, ANSWER_COLOUR))
+        boxes += [(box, ANSWER_COLOUR) for box in (answer.bbox, *answer.copies)]
     target = _panel(item.target_path, boxes)
     canvas = Image.new("RGB", (source.width + target.width + 8, HEIGHT + CAPTION), (30, 30, 30))
     canvas.paste(source, (0, CAPTION))

@@ -22,7 +22,13 @@ def pipeline_locator(pipeline: Pipeline) -> Locator:
         (result,) = pipeline.run([request])
         matches = {m.product_id: m for m in result.matches}
         return [
-            EvalAnswer(found=match.found, bbox=match.bbox, confidence=match.confidence, method=match.method.value)
+            EvalAnswer(
+                found=match.found,
+                bbox=match.bbox,
+                confidence=match.confidence,
+                method=match.method.value,
+                copies=tuple(copy.bbox for copy in match.copies),
+            )
             for match in (matches[q.item_id] for q in queries)
         ]
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from streams.cli.options import Commands, broker_option, db_option, service_settings, settings_from
 
-_TABLE_COLUMNS = ("product_id", "found", "confidence", "method", "bbox", "model_version", "processed_at")
+_TABLE_COLUMNS = ("product_id", "found", "confidence", "method", "bbox", "copies", "model_version", "processed_at")
 
 
 def register(commands: Commands) -> None:
@@ -75,6 +75,8 @@ def _table(records: Sequence[dict[str, object]]) -> str:
         value = record[column]
         if column == "bbox" and isinstance(value, dict):
             return f"({value['x']:g},{value['y']:g} {value['width']:g}x{value['height']:g})"
+        if column == "copies" and isinstance(value, list):
+            return str(len(value)) if value else "-"
         if isinstance(value, float):
             return f"{value:.2f}"
         return "-" if value is None else str(value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
@@ -29,12 +29,12 @@ ON CONFLICT DO NOTHING"""
 
 _INSERT_TAG = """
 INSERT INTO tag_suggestions (event_id, tag_index, product_id, found, confidence, bbox_x, bbox_y, bbox_width,
-                             bbox_height, detected_class, method, error)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+                             bbox_height, detected_class, method, error, copies)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
 
 _LINEAGE_COLUMNS = """
 upload_id, product_id, found, confidence, bbox_x, bbox_y, bbox_width, bbox_height, detected_class, method, error,
-model_version, detector, embedder, upload_event_id, event_id, processed_at, written_at"""
+model_version, detector, embedder, upload_event_id, event_id, processed_at, written_at, copies"""
 
 # "Latest" is the most recently processed run of the upload: after a replay with a new model,
 # that model's verdicts; its older runs stay in the table for --all-models and audits.
@@ -77,6 +77,8 @@ class StoredSuggestion:
     event_id: str
     processed_at: datetime
     written_at: datetime
+    # Further copies of the product in the upload: [{"bbox": {...}, "confidence": ...}, ...].
+    copies: list[dict[str, Any]] = field(default_factory=list)
 
     def as_record(self) -> dict[str, Any]:
         record = asdict(self)
@@ -200,6 +202,7 @@ def _tag_rows(event: Mapping[str, Any]) -> list[tuple[Any, ...]]:
                 suggestion.get("detected_class"),
                 suggestion["method"],
                 suggestion.get("error"),
+                json.dumps(suggestion.get("copies") or []),
             )
         )
     return rows
@@ -207,7 +210,7 @@ def _tag_rows(event: Mapping[str, Any]) -> list[tuple[Any, ...]]:
 
 def _stored(row: tuple[Any, ...]) -> StoredSuggestion:
     (upload_id, product_id, found, confidence, x, y, width, height, detected_class, method, error) = row[:11]
-    (model_version, detector, embedder, upload_event_id, event_id, processed_at, written_at) = row[11:]
+    (model_version, detector, embedder, upload_event_id, event_id, processed_at, written_at, copies) = row[11:]
     bbox = None if x is None else {"x": x, "y": y, "width": width, "height": height}
     return StoredSuggestion(
         upload_id=upload_id,
@@ -225,6 +228,8 @@ def _stored(row: tuple[Any, ...]) -> StoredSuggestion:
         event_id=event_id,
         processed_at=_utc(processed_at),
         written_at=_utc(written_at),
+        # PostgreSQL's JSONB arrives decoded, SQLite's TEXT as written.
+        copies=json.loads(copies) if isinstance(copies, str) else list(copies),
     )
 
 

@@ -8,7 +8,7 @@ the same rules as on the stream (``inference.tags``), in the handler.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
 
 from inference.types import BBox, Detection, TagMatch
 
@@ -41,6 +41,10 @@ class SuggestTagsRequest(_Body):
     similarity_threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="CLIP cosine for a CLIP-only match; default: the worker's setting (0.75)."
     )
+    # Not in the reference service, so its clients, which parse exactly its shapes, get exactly them.
+    include_copies: bool = Field(
+        False, description="Also answer every further copy of a found product (e.g. the other cans on a shelf)."
+    )
 
 
 class DetectRequest(_Body):
@@ -62,7 +66,16 @@ class BBoxOut(BaseModel):
         return cls(x=box.x, y=box.y, width=box.width, height=box.height)
 
 
+class CopyOut(BaseModel):
+    """A further place the same product appears in the target, found and checked like ``suggested_bbox``."""
+
+    suggested_bbox: BBoxOut
+    confidence: float
+
+
 class Suggestion(BaseModel):
+    """One tag's answer, in the reference service's shape."""
+
     product_id: str
     found: bool
     confidence: float
@@ -70,18 +83,29 @@ class Suggestion(BaseModel):
     detected_class: str | None
 
     @classmethod
-    def of(cls, match: TagMatch) -> Suggestion:
-        return cls(
-            product_id=match.product_id,
-            found=match.found,
-            confidence=match.confidence,
-            suggested_bbox=BBoxOut.of(match.bbox) if match.bbox is not None else None,
-            detected_class=match.detected_class,
-        )
+    def of(cls, match: TagMatch, include_copies: bool = False) -> Suggestion:
+        fields = {
+            "product_id": match.product_id,
+            "found": match.found,
+            "confidence": match.confidence,
+            "suggested_bbox": BBoxOut.of(match.bbox) if match.bbox is not None else None,
+            "detected_class": match.detected_class,
+        }
+        if not include_copies:
+            return cls(**fields)
+        copies = [CopyOut(suggested_bbox=BBoxOut.of(c.bbox), confidence=c.confidence) for c in match.copies]
+        return SuggestionWithCopies(**fields, copies=copies)
+
+
+class SuggestionWithCopies(Suggestion):
+    """``Suggestion`` plus the further copies of the product (``include_copies``); empty unless found."""
+
+    copies: list[CopyOut]
 
 
 class SuggestTagsResponse(BaseModel):
-    suggestions: list[Suggestion]
+    # SerializeAsAny: a ``SuggestionWithCopies`` keeps its copies in the JSON.
+    suggestions: list[SerializeAsAny[Suggestion]]
     detections_count: int
 
 

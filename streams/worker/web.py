@@ -95,7 +95,7 @@ class HttpApi:
         _refuse_bad_tags([match.error for match in result.matches])
         return _json(
             SuggestTagsResponse(
-                suggestions=[Suggestion.of(match) for match in result.matches],
+                suggestions=[Suggestion.of(match, body.include_copies) for match in result.matches],
                 detections_count=result.detections_count,
             )
         )

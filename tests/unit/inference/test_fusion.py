@@ -2,7 +2,7 @@ import pytest
 
 from inference.config import SearchConfig
 from inference.fusion import ClipEvidence, GeometricEvidence, decide, detected_class, standout
-from inference.types import BBox, Detection
+from inference.types import BBox, Copy, Detection
 
 SEARCH = SearchConfig()
 BOX = BBox(10, 10, 50, 50)
@@ -19,6 +19,18 @@ def test_an_unsure_geometric_match_is_not_suggested_but_its_confidence_is_told()
     assert (match.found, match.bbox, match.method) == (False, None, "none")
     assert match.confidence == pytest.approx(0.6)
     assert decide("p", 0.5, None, GeometricEvidence(BOX, 0.6), True, [], SEARCH).found
+
+
+def test_copies_of_a_found_product_are_answered_at_the_threshold_only() -> None:
+    sure, unsure = Copy(BBox(100, 0, 10, 10), 0.91234), Copy(BBox(200, 0, 10, 10), 0.6)
+
+    match = decide("p", 0.75, None, GeometricEvidence(BOX, 0.8, (sure, unsure)), True, [], SEARCH)
+    missed = decide("p", 0.85, None, GeometricEvidence(BOX, 0.8, (sure,)), True, [], SEARCH)
+
+    assert match.copies == (Copy(sure.bbox, 0.9123),)
+    assert not missed.found and missed.copies == ()
+    scaled = match.scaled(2.0)
+    assert scaled.bbox == BOX.scaled(2.0) and scaled.copies == (Copy(BBox(200, 0, 20, 20), 0.9123),)
 
 
 def test_clip_alone_needs_threshold_and_standout() -> None:

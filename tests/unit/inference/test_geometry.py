@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from inference.geometry import (
     GeometryConfig,
     SourceFeatures,
     TargetFeatures,
+    Verification,
     _cosines,
     _is_convex_same_orientation,
     _Nearest,
@@ -265,39 +267,55 @@ def test_the_plain_ratio_test_is_lowes() -> None:
 
 def _verified_as_the_pipeline_does(
     verifier: GeometricVerifier, source_image: RGBImage, box: BBox, target: TargetFeatures
-) -> GeometricMatch | None:
+) -> Verification:
     """``verify_views`` with the simulated views extracted only when asked for, as the pipeline calls it."""
     frontal = verifier.frontal_features(source_image, box)
-    return verifier.verify_views(frontal, lambda: verifier.tilted_features(source_image, box), target, box).match
+    return verifier.verify_views(frontal, lambda: verifier.tilted_features(source_image, box), target, box)
 
 
 def _shown_twice(image: RGBImage) -> RGBImage:
     return np.ascontiguousarray(np.concatenate([image, image], axis=1))
 
 
-@pytest.mark.parametrize("twin_ratio", [0.0, GeometryConfig().twin_ratio])
-def test_a_product_shown_twice_is_found_on_one_of_its_copies(twin_ratio: float) -> None:
+@pytest.mark.parametrize(
+    ("twin_ratio", "max_copies"), [(0.0, 8), (GeometryConfig().twin_ratio, 0), (GeometryConfig().twin_ratio, 8)]
+)
+def test_a_product_shown_twice_is_found_on_both_copies(twin_ratio: float, max_copies: int) -> None:
     """leuven 1to4 with the target photo twice side by side: two copies of every box.
 
     Every feature has a near-identical twin on the other copy, so the plain ratio test keeps
     almost no match and nothing is found (twin_ratio 0); the second pass finds each box on one
-    of its copies with the box it finds in the photo shown once.
+    of its copies with the box it finds in the photo shown once, and the search for further
+    copies (``max_copies``) finds the other one, once.
     """
     case = _cases()["oxford/leuven/1to4"]
-    verifier = GeometricVerifier(GeometryConfig(twin_ratio=twin_ratio))
+    verifier = GeometricVerifier(GeometryConfig(twin_ratio=twin_ratio, max_copies=max_copies))
     source_image, target_image = _image(case.source_path), _image(case.target_path)
     target = verifier.target_features(_shown_twice(target_image))
     for box in case.boxes:
         assert box.target_box is not None
-        match = _verified_as_the_pipeline_does(verifier, source_image, box.source_box, target)
+        checked = _verified_as_the_pipeline_does(verifier, source_image, box.source_box, target)
         if twin_ratio == 0:
-            assert match is None, box.box_id
+            assert checked.match is None and checked.copies == (), box.box_id
             continue
-        assert match is not None, box.box_id
-        copy = BBox(
-            box.target_box.x + target_image.shape[1], box.target_box.y, box.target_box.width, box.target_box.height
-        )
-        assert max(match.bbox.iou(box.target_box), match.bbox.iou(copy)) >= 0.85, box.box_id
+        assert checked.match is not None, box.box_id
+        truths = (box.target_box, replace(box.target_box, x=box.target_box.x + target_image.shape[1]))
+        found = [checked.match, *checked.copies]
+        assert len(found) == (2 if max_copies else 1), box.box_id
+        best = [max(range(2), key=lambda i, m=m: m.bbox.iou(truths[i])) for m in found]  # type: ignore[misc]
+        assert len(set(best)) == len(found), f"{box.box_id}: two answers on one copy"
+        assert all(m.bbox.iou(truths[i]) >= 0.85 for m, i in zip(found, best, strict=True)), box.box_id
+
+
+def test_a_product_shown_once_has_no_further_copies() -> None:
+    """The leftover matches of a found product (its outliers) fit no second copy: on every pair of eval-sample."""
+    verifier = GeometricVerifier()
+    for name, case in _cases().items():
+        source_image = _image(case.source_path)
+        target = verifier.target_features(_image(case.target_path))
+        for box in case.boxes:
+            checked = _verified_as_the_pipeline_does(verifier, source_image, box.source_box, target)
+            assert checked.copies == (), f"{name}/{box.box_id}"
 
 
 def test_guided_matching_recovers_matches_the_global_ratio_test_drops() -> None:
@@ -607,7 +625,7 @@ def test_a_product_in_an_underexposed_photo_is_found(underexposed_below: float) 
     target = verifier.target_features(_underexposed(_image(case.target_path)))
     for box in (b for b in case.boxes if b.box_id in ("part_tl", "part_br")):
         assert box.target_box is not None
-        match = _verified_as_the_pipeline_does(verifier, source_image, box.source_box, target)
+        match = _verified_as_the_pipeline_does(verifier, source_image, box.source_box, target).match
         if underexposed_below == 0:
             assert match is None, box.box_id
         else:

@@ -68,6 +68,7 @@ def tag_suggestions() -> dict[str, Any]:
                 "detected_class": "jacket",
                 "method": "clip+geometry",
                 "error": None,
+                "copies": [{"bbox": {"x": 212.0, "y": 18.5, "width": 149.5, "height": 311.0}, "confidence": 0.8801}],
             },
             {
                 "product_id": "sku-größe-🧥",
@@ -77,6 +78,7 @@ def tag_suggestions() -> dict[str, Any]:
                 "detected_class": None,
                 "method": "none",
                 "error": "invalid source box: width 0",
+                "copies": [],
             },
         ],
         "detections_count": 3,
@@ -108,7 +110,7 @@ def dead_letter() -> dict[str, Any]:
     ("record_name", "value", "schema_id"),
     [
         (IMAGE_UPLOADED, image_uploaded(), 1),
-        (TAG_SUGGESTIONS, tag_suggestions(), 2),
+        (TAG_SUGGESTIONS, tag_suggestions(), 5),
         (DEAD_LETTER, dead_letter(), 4),
     ],
     ids=["ImageUploaded", "TagSuggestions", "DeadLetter"],
@@ -207,8 +209,8 @@ def test_message_of_another_record_than_expected_is_refused() -> None:
         decode(data, expected=IMAGE_UPLOADED)
 
     assert caught.value.reason is DecodeReason.UNEXPECTED_RECORD
-    assert caught.value.schema_id == 2
-    assert str(caught.value) == ("schema id 2 is tagstream.TagSuggestions v1, expected tagstream.ImageUploaded")
+    assert caught.value.schema_id == 5
+    assert str(caught.value) == ("schema id 5 is tagstream.TagSuggestions v2, expected tagstream.ImageUploaded")
 
 
 def test_expecting_an_unregistered_record_is_a_caller_bug_not_a_bad_message() -> None:

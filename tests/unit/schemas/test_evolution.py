@@ -73,9 +73,43 @@ def test_shipped_schemas_have_their_fixed_ids() -> None:
 
     shipped = [registry.latest(name) for name in (IMAGE_UPLOADED, TAG_SUGGESTIONS, DEAD_LETTER)]
 
-    assert [(entry.schema_id, entry.version) for entry in shipped] == [(1, 1), (2, 1), (4, 2)]
+    assert [(entry.schema_id, entry.version) for entry in shipped] == [(1, 1), (5, 2), (4, 2)]
     v1 = registry.get(3)
     assert v1 is not None and (v1.name, v1.version) == (DEAD_LETTER, 1)
+    v1 = registry.get(2)
+    assert v1 is not None and (v1.name, v1.version) == (TAG_SUGGESTIONS, 1)
+
+
+def test_shipped_tag_suggestions_v1_is_read_by_v2_without_copies() -> None:
+    """Suggestions already on the topic (a replay's history, a lagging sink) stay readable after the upgrade."""
+    registry = builtin_registry()
+    suggestion = {
+        "product_id": "sku-jacket-42",
+        "found": True,
+        "confidence": 0.91,
+        "bbox": {"x": 12.0, "y": 18.5, "width": 150.0, "height": 310.75},
+        "detected_class": None,
+        "method": "geometric",
+        "error": None,
+    }
+    event = {
+        "event_id": "5d1e0c1c-9c7a-5b8e-a1f4-2f0a7d3c6b11",
+        "upload_event_id": "0b9f6a52-3c1e-4a57-9d0e-5f1c2b7e8a90",
+        "upload_id": "upl-8812",
+        "processed_at": datetime(2024, 5, 17, 9, 30, 13, tzinfo=timezone.utc),
+        "latency_ms": 688.4,
+        "suggestions": [suggestion],
+        "detections_count": 3,
+        "model": {"detector": "yolo11n", "embedder": "clip-vit-b32", "version": "2024.05.1"},
+        "attributes": {},
+    }
+
+    data = AvroCodec(registry, pinned={TAG_SUGGESTIONS: 2}).encode(TAG_SUGGESTIONS, event)
+
+    assert data[1:5] == (2).to_bytes(4, "big")
+    assert AvroCodec(registry).decode(data, expected=TAG_SUGGESTIONS) == event | {
+        "suggestions": [suggestion | {"copies": []}]
+    }
 
 
 def test_shipped_dead_letter_v1_is_read_by_v2_with_the_new_fields_defaults() -> None:

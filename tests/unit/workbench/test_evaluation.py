@@ -306,3 +306,38 @@ def test_geometric_locator_on_real_photographs() -> None:
     assert report.overall.recall_iou50 == 1.0
     assert report.overall.mean_iou is not None and report.overall.mean_iou > 0.9
     assert report.overall.false_positives == 0
+
+
+def test_answered_copies_count_once_per_true_copy_and_elsewhere_as_wrong(tmp_path: Path) -> None:
+    """A shelf of three: the main answer on the middle copy, copies on both others, one twice, one on nothing."""
+    for name in ("s", "t", "u"):
+        _write_png(tmp_path / f"{name}.png", (160, 48))
+    shelf = {"box_id": "shelf", "source_box": [10, 10, 20, 20], "target_box": [10, 10, 20, 20]}
+    shelf["other_target_boxes"] = [[60, 10, 20, 20], [110, 10, 20, 20]]
+    lone = {"box_id": "lone", "source_box": [40, 10, 20, 20], "target_box": [40, 10, 20, 20]}
+    cases = [
+        _case("r/1", "set", "r", "s.png", "t.png", [shelf, lone]),
+        _case("o/1", "other", "o", "u.png", "u.png", []),
+    ]
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps({"cases": cases}))
+
+    def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
+        answers = []
+        for query in queries:
+            if query.item_id == "pos:r/1:shelf":
+                copies = (BBox(11, 10, 20, 20), BBox(110, 11, 20, 20), BBox(12, 10, 20, 20), BBox(140, 30, 10, 10))
+                answers.append(EvalAnswer(True, BBox(61, 10, 20, 20), 0.9, copies=copies))
+            elif query.item_id == "pos:r/1:lone":
+                answers.append(EvalAnswer(True, BBox(40, 10, 20, 20), 0.9))
+            else:
+                answers.append(EvalAnswer(False, None, 0.1, copies=(BBox(0, 0, 5, 5),)))
+        return answers
+
+    report = evaluate(path, locate).to_json()
+
+    assert (report["copies_expected"], report["copies_found"], report["copies_wrong"]) == (2, 2, 2)
+    rows = {row["box_id"]: row for case in report["cases"] for row in case["box_results"]}
+    assert rows["shelf"]["copies"][:2] == [[11.0, 10.0, 20.0, 20.0], [110.0, 11.0, 20.0, 20.0]]
+    assert "copies" not in rows["lone"]
+    assert report["recall_iou50"] == 1.0 and report["false_positives"] == 0

@@ -9,15 +9,22 @@ import pytest
 from workbench.match_orders import order_seeds, order_spread, spread_summary
 
 
-def _scores(boxes: int, wrong: int, missed: int, false_positives: int = 0) -> dict[str, Any]:
-    return {"boxes": boxes, "found_wrong_box": wrong, "not_found": missed, "false_positives": false_positives}
+def _scores(boxes: int, wrong: int, missed: int, false_positives: int = 0, copies: int = 0) -> dict[str, Any]:
+    return {
+        "boxes": boxes,
+        "found_wrong_box": wrong,
+        "not_found": missed,
+        "false_positives": false_positives,
+        "copies_found": copies,
+        "copies_wrong": wrong if copies else 0,
+    }
 
 
-def _report(wrong: int, missed: int) -> dict[str, Any]:
+def _report(wrong: int, missed: int, copies: int = 0) -> dict[str, Any]:
     """A report shaped like ``EvalReport.to_json``: one kind with two view-change buckets."""
     near, far = _scores(6, 0, 1), _scores(4, wrong, missed - 1)
     return {
-        **_scores(10, wrong, missed, false_positives=wrong),
+        **_scores(10, wrong, missed, false_positives=wrong, copies=copies),
         "per_category": {"textured_3d": _scores(10, wrong, missed)},
         "per_view_change": {"textured_3d": {"0-15": near, "60-90": far}},
     }
@@ -40,6 +47,8 @@ def test_each_row_keeps_every_run_s_counts_in_seed_order() -> None:
         "found_wrong_box": [0, 1, 2],
         "not_found": [3, 2, 3],
         "false_positives": [0, 1, 2],
+        "copies_found": [0, 0, 0],
+        "copies_wrong": [0, 0, 0],
     }
     assert spread["per_category"]["textured_3d"]["right"] == [7, 7, 5]
     assert spread["per_view_change"]["textured_3d"]["0-15"]["right"] == [5, 5, 5]
@@ -62,3 +71,13 @@ def test_the_table_shows_natural_min_mean_and_max() -> None:
     assert overall.split() == ["OVERALL", "10", "7", "6", "7.00", "8", "0", "0", "0.75", "2", "2"]
     assert "over 4 match orders" in table
     assert any(line.startswith("textured_3d 60-90") for line in table.splitlines())
+
+
+def test_further_copies_are_counted_and_shown_only_where_a_set_has_them() -> None:
+    plain = spread_summary(order_spread([None, 1], [_report(0, 3), _report(1, 2)]))
+    spread = order_spread([None, 1, 2], [_report(0, 3, copies=5), _report(1, 2, copies=4), _report(2, 2, copies=6)])
+
+    assert spread["overall"]["copies_found"] == [5, 4, 6] and spread["overall"]["copies_wrong"] == [0, 1, 2]
+    assert "further copies" not in plain
+    line = spread_summary(spread).splitlines()[-1]
+    assert line == "further copies found: natural 5, mean 5.00; answered where no copy is: natural 0, mean 1.00, max 2"

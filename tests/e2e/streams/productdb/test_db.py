@@ -12,7 +12,7 @@ import pytest
 
 from streams.cli.main import main
 from streams.events import suggestion_event_id
-from streams.productdb.db import ProductDB, StoredSuggestion
+from streams.productdb.db import _INSERT_RUN, ProductDB, StoredSuggestion, _run_row, _tag_rows
 from streams.productdb.migrations import MIGRATIONS
 
 
@@ -106,11 +106,24 @@ def test_new_model_version_adds_rows_beside_the_old_ones(db_url: str) -> None:
     assert len(everything) == 4
 
 
+async def _write_as_the_first_release(db: ProductDB, event: dict[str, Any]) -> None:
+    """What a sink of the first release wrote: the columns of migration 1 only."""
+    written_at = datetime.now(timezone.utc)
+    async with db._backend.transaction("write") as tx:
+        await tx.execute(_INSERT_RUN, _run_row(event, written_at))
+        await tx.executemany(
+            """INSERT INTO tag_suggestions (event_id, tag_index, product_id, found, confidence, bbox_x, bbox_y,
+                                            bbox_width, bbox_height, detected_class, method, error)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            [row[:12] for row in _tag_rows(event)],
+        )
+
+
 def test_migrations_run_in_order_once_even_when_sinks_start_together(db_url: str) -> None:
     async def scenario() -> tuple[int, list[int], list[StoredSuggestion]]:
         async with ProductDB.open(db_url) as first:
             reached = await first.migrate(MIGRATIONS[:1])
-            await first.write([suggestion_event("upload-event-1", "v1", T0)])
+            await _write_as_the_first_release(first, suggestion_event("upload-event-1", "v1", T0))
         databases = [ProductDB.open(db_url) for _ in range(3)]
         try:
             versions = list(await asyncio.gather(*(db.migrate() for db in databases)))
@@ -124,6 +137,22 @@ def test_migrations_run_in_order_once_even_when_sinks_start_together(db_url: str
     assert reached == 1
     assert versions == [len(MIGRATIONS)] * 3
     assert [s.product_id for s in stored] == ["sku-1", "sku-2"], "rows written at v1 survive the upgrade"
+    assert [s.copies for s in stored] == [[], []], "rows written before copies existed read as having none"
+
+
+def test_further_copies_of_a_product_are_stored_and_read_back(db_url: str) -> None:
+    event = suggestion_event("upload-event-1", "v1", T0)
+    copies = [
+        {"bbox": {"x": 110.0, "y": 20.0, "width": 30.0, "height": 40.0}, "confidence": 0.97},
+        {"bbox": {"x": 210.5, "y": 22.0, "width": 29.0, "height": 41.0}, "confidence": 0.81},
+    ]
+    event["suggestions"][0]["copies"] = copies
+    event["suggestions"][1]["copies"] = []
+
+    _, stored = run(_write_and_read(db_url, [event]))
+
+    assert [s.copies for s in stored] == [copies, []]
+    assert stored[0].as_record()["copies"] == copies
 
 
 def test_postgres_refusal_is_a_data_error_not_a_retry(postgres_url: str) -> None:

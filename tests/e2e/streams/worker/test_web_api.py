@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 from support import reference_api
 from support.brokers import Broker
 from support.processes import WorkerFactory
@@ -152,6 +154,49 @@ def test_suggest_tags_finds_products_where_they_are(
             assert suggestion["found"] is True, suggestion
             assert BBox(**suggestion["suggested_bbox"]).iou(expected) > 0.5, (suggestion, expected)
             found += 1
+    assert found >= 1, "the demo upload should contain at least one product of the source"
+
+
+def test_suggest_tags_answers_every_copy_of_a_product_when_asked(
+    api: WebWorker, demo_set: DemoSet, tmp_path: Path
+) -> None:
+    """The upload shown twice side by side: each product found is found on both copies.
+
+    Without ``include_copies`` the answer keeps the reference service's exact shape.
+    """
+    upload = "upload-01"
+    source, tags = next(iter(demo_set.source_tags.items()))
+    image = demo_set.uploads[upload]
+    Image.fromarray(demo_set.sources[source]).save(tmp_path / "source.png")
+    Image.fromarray(np.concatenate([image, image], axis=1)).save(tmp_path / "twice.png")
+    with ImageServer(tmp_path) as server:
+        body = {
+            "source_image_url": server.url("source.png"),
+            "source_tags": [{"product_id": t.product_id, "bbox": _box(t.bbox)} for t in tags],
+            "target_image_url": server.url("twice.png"),
+            "similarity_threshold": 0.75,
+        }
+        plain = api.post(SUGGEST, body)
+        with_copies = api.post(SUGGEST, body | {"include_copies": True})
+
+    assert plain.status_code == 200 and with_copies.status_code == 200, (plain.text, with_copies.text)
+    reference_api.SuggestTagsResponse.model_validate(plain.json())
+    truth = demo_set.ground_truth[upload]
+    found = 0
+    for suggestion in with_copies.json()["suggestions"]:
+        expected = truth[suggestion["product_id"]]
+        if not suggestion["found"]:
+            assert suggestion["copies"] == [], suggestion
+            continue
+        assert expected is not None, suggestion
+        copies = [expected, BBox(expected.x + image.shape[1], expected.y, expected.width, expected.height)]
+        answered = [BBox(**suggestion["suggested_bbox"])]
+        answered += [BBox(**copy["suggested_bbox"]) for copy in suggestion["copies"]]
+        assert len(answered) == 2, suggestion
+        assert all(copy["confidence"] >= 0.75 for copy in suggestion["copies"]), suggestion
+        assert sorted(max(range(2), key=lambda i, box=box: box.iou(copies[i])) for box in answered) == [0, 1]
+        assert all(max(box.iou(c) for c in copies) > 0.5 for box in answered), suggestion
+        found += 1
     assert found >= 1, "the demo upload should contain at least one product of the source"
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inference.types import BBox, MatchRequest, MatchResult, Method, TagMatch
+from inference.types import BBox, Copy, MatchRequest, MatchResult, Method, TagMatch
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, decode, encode
 from streams.events import EventLimits
 from streams.fetch.decode import DecodedImage
@@ -108,7 +108,10 @@ def _answer(request: MatchRequest) -> MatchResult:
             elif index % 2:
                 matches.append(_miss(tag.product_id))
             else:
-                matches.append(TagMatch(tag.product_id, True, 0.9, BBox(1, 2, 3, 4), None, Method.GEOMETRIC))
+                copies = (Copy(BBox(11, 2, 3, 4), 0.8),)
+                matches.append(
+                    TagMatch(tag.product_id, True, 0.9, BBox(1, 2, 3, 4), None, Method.GEOMETRIC, None, copies)
+                )
     return MatchResult(request.request_id, tuple(matches), 1)
 
 
@@ -322,6 +325,19 @@ def test_answers_are_given_in_the_photos_own_pixels_and_boxes_checked_against_th
         ("far", True),
         ("out", False),
     ]
+
+
+def test_further_copies_of_a_found_product_are_published_with_it() -> None:
+    event = _event("shelf")
+    event["sources"][0]["tags"].append(
+        {"product_id": "sku-2", "bbox": {"x": 4.0, "y": 4.0, "width": 6.0, "height": 6.0}}
+    )
+
+    (outcome,) = _process([encode(IMAGE_UPLOADED, event)], ScriptedFetcher({}), ScriptedPipeline([]))
+
+    found, missed = decode(outcome.value, expected=TAG_SUGGESTIONS)["suggestions"]
+    assert found["copies"] == [{"bbox": {"x": 11.0, "y": 2.0, "width": 3.0, "height": 4.0}, "confidence": 0.8}]
+    assert missed["found"] is False and missed["copies"] == []
 
 
 def test_a_pipeline_answering_the_wrong_requests_never_gives_one_event_anothers_answer() -> None:
