@@ -118,19 +118,20 @@ class GeometryConfig:
     # descriptor than ``twin_ratio`` times the query's distance to it is a twin (the same feature
     # again in the same photo, taken under the same light and view), not a competitor: the test
     # then looks past the twins, and each twin that passes is a candidate match, so every copy
-    # keeps its matches and the robust fit picks one. It is a second pass only
+    # keeps its matches and the robust fit picks one. For the first copy it is a second pass only
     # (`GeometricVerifier.verify_views`): with twins as candidates, repetition *within* one
     # object (the temple's columns) makes more chance matches, so it runs where the plain
     # matches of all views fit no model (so never without ``source_tilts``) and only when it adds
-    # at least ``min_inliers`` correspondences. 0.5 rather than 1.0: at 1.0 a query far from
+    # at least ``min_inliers`` correspondences; once a copy is found, the search for further
+    # copies (``max_copies``) reads it too. 0.5 rather than 1.0: at 1.0 a query far from
     # everything (a negative) sees many targets that are merely alike as twins (measured in
-    # docs/accuracy.md). 0 turns the second pass off.
+    # docs/accuracy.md). 0 turns off the second pass and the search for further copies.
     twin_ratio: float = 0.5
     # Further copies of a found product in the same photo (a shelf of one brand) are looked for
     # among the twin test's matches outside the boxes found so far, each fitted and checked like
-    # the first (`GeometricVerifier.verify_views`), up to this many; 0 looks for none. A shelf
-    # photo rarely shows more than a handful of one product large enough to match, and each
-    # search costs a robust fit.
+    # the first (`GeometricVerifier.verify_views`), up to this many; 0 (or ``twin_ratio`` 0) looks
+    # for none. A shelf photo rarely shows more than a handful of one product large enough to
+    # match, and each search costs a robust fit.
     max_copies: int = 8
     # A further copy whose box covers more than this share of an earlier box (of the smaller of
     # the two) is the same copy seen again through leftover matches, not another one: copies of
@@ -528,11 +529,11 @@ class GeometricVerifier:
         nearest = (frontal_nearest, self._nearest(views, target, source_box, twins=True))
         matches = frontal_candidates.plus(nearest[1].candidates(self.config.lowe_ratio)).correspondences(target)
         match = self.fit(matches, source, target, source_box)
-        if match is None and self.config.twin_ratio > 0:
-            found = self._verify_with_twins(source, nearest, matches, target, source_box)
-        else:
-            found = Verification(source, matches, match)
-        return self._with_copies(found, nearest, target, source_box)
+        if match is not None or self.config.twin_ratio <= 0:
+            return self._with_copies(Verification(source, matches, match), nearest, target, source_box)
+        found = self._verify_with_twins(source, nearest, matches, target, source_box)
+        # A match of the twin pass was decided on the twin test's matches: the copies' search reads them.
+        return self._with_copies(found, nearest, target, source_box, found.matches)
 
     def _verify_with_twins(
         self,
@@ -557,7 +558,12 @@ class GeometricVerifier:
         return Verification(source, twins, match) if match is not None else Verification(source, matches, None)
 
     def _with_copies(
-        self, found: Verification, nearest: Sequence[_Nearest], target: TargetFeatures, source_box: BBox
+        self,
+        found: Verification,
+        nearest: Sequence[_Nearest],
+        target: TargetFeatures,
+        source_box: BBox,
+        twins: Correspondences | None = None,
     ) -> Verification:
         """``found`` with the further copies of the product in the target (``GeometryConfig.max_copies``).
 
@@ -565,12 +571,13 @@ class GeometricVerifier:
         matches inside the boxes found so far are set aside, and what remains is fitted with the
         same robust fit, guided growth and sanity rules as the first copy. The search stops at
         the first fit that fails or that lands on a box already found. ``found.matches`` stays
-        what the first copy was decided on.
+        what the first copy was decided on. ``twins``: the twin test's matches of ``nearest``,
+        where the caller has them already.
         """
         cfg = self.config
         if found.match is None or cfg.max_copies <= 0 or cfg.twin_ratio <= 0:
             return found
-        everything = self._twin_correspondences(nearest, target)
+        everything = twins if twins is not None else self._twin_correspondences(nearest, target)
         boxes = [found.match.bbox]
         copies: list[GeometricMatch] = []
         while len(copies) < cfg.max_copies:

@@ -82,6 +82,13 @@ class Registry:
         """None rather than an exception: an unknown id usually comes from bad input, not a bug."""
         return self._by_id.get(schema_id)
 
+    def version(self, name: str, version: int) -> SchemaVersion:
+        """Version ``version`` (from 1) of record ``name``."""
+        for entry in self._by_id.values():
+            if entry.name == name and entry.version == version:
+                return entry
+        raise SchemaError(f"{name} has no version {version} (latest: {self.latest(name).version})")
+
     def latest(self, name: str) -> SchemaVersion:
         try:
             return self._latest[name]

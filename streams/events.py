@@ -23,9 +23,12 @@ from urllib.parse import urlsplit
 
 from inference.tags import tag_error
 from inference.types import BBox, MatchResult, Method, SourceTag
+from schemas import TAG_SUGGESTIONS, AvroCodec, builtin_registry
 
 # Stable namespace for suggestion ids: uuid5(namespace, upload event id + model version).
 SUGGESTION_NAMESPACE = uuid.UUID("6f1d3c1e-8a8f-4d5e-9a43-0d8b3f2d7c11")
+# The first TagSuggestions version with ``copies`` in each suggestion.
+_COPIES_SINCE_VERSION = 2
 
 
 class InvalidEvent(ValueError):
@@ -152,12 +155,28 @@ def suggestion_event_id(upload_event_id: str, model_version: str) -> str:
     return str(uuid.uuid5(SUGGESTION_NAMESPACE, f"{upload_event_id}|{model_version}"))
 
 
+def suggestions_codec(version: int | None = None) -> AvroCodec:
+    """The codec that writes TagSuggestions at ``version`` (None: the latest).
+
+    A rolling upgrade writes the previous version until every reader of the topic (the product
+    DB sinks, downstream consumers) knows the new one: a reader cannot decode a schema id it has
+    never seen. Raises ``SchemaError`` for a version that does not exist.
+    """
+    registry = builtin_registry()
+    if version is None:
+        return AvroCodec(registry)
+    return AvroCodec(registry, pinned={TAG_SUGGESTIONS: registry.version(TAG_SUGGESTIONS, version).schema_id})
+
+
 def suggestion_record(
-    event: UploadEvent, result: MatchResult, model: dict[str, str], received_at: datetime
+    event: UploadEvent, result: MatchResult, model: dict[str, str], received_at: datetime, schema_version: int
 ) -> dict[str, Any]:
-    """The TagSuggestions record: one suggestion per tag of the event, in order (``result`` answers each)."""
+    """The TagSuggestions record at ``schema_version``: one suggestion per tag of the event, in order.
+
+    ``result`` answers each tag; a version before ``copies`` existed gets the first copy only.
+    """
     now = datetime.now(timezone.utc)
-    suggestions = [
+    suggestions: list[dict[str, Any]] = [
         {
             "product_id": match.product_id,
             "found": match.found,
@@ -166,10 +185,12 @@ def suggestion_record(
             "detected_class": match.detected_class,
             "method": Method(match.method).value,
             "error": match.error,
-            "copies": [{"bbox": _bbox(copy.bbox), "confidence": float(copy.confidence)} for copy in match.copies],
         }
         for match in result.matches
     ]
+    if schema_version >= _COPIES_SINCE_VERSION:
+        for suggestion, match in zip(suggestions, result.matches, strict=True):
+            suggestion["copies"] = [{"bbox": _bbox(c.bbox), "confidence": float(c.confidence)} for c in match.copies]
     return {
         "event_id": suggestion_event_id(event.event_id, model["version"]),
         "upload_event_id": event.event_id,

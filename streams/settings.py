@@ -26,6 +26,12 @@ T = TypeVar("T", bound="DataclassInstance")
 class TopicSettings(BaseModel):
     uploads: str = Field("image-uploaded", description="Input topic of ImageUploaded events.")
     suggestions: str = Field("tag-suggestions", description="Output topic of TagSuggestions events.")
+    suggestions_schema_version: int | None = Field(
+        None,
+        ge=1,
+        description="TagSuggestions schema version the worker writes; default the latest (2). Set 1 during an "
+        "upgrade until every reader of the topic knows version 2 (version 1 has no copies).",
+    )
     dead_letters: str = Field(
         "image-uploaded.dlq", description="Dead-letter topic: every event that could not be processed, with its reason."
     )

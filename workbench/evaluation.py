@@ -27,7 +27,14 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from inference.geometry import GeometricMatch, GeometricVerifier, GeometryConfig, SourceFeatures, TargetFeatures
+from inference.geometry import (
+    GeometricMatch,
+    GeometricVerifier,
+    GeometryConfig,
+    SourceFeatures,
+    TargetFeatures,
+    Verification,
+)
 from inference.types import BBox, Method, RGBImage
 
 ItemKind = Literal["positive", "negative", "qualitative"]
@@ -617,15 +624,15 @@ def geometric_locator(config: GeometryConfig | None = None) -> Locator:
     def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
         answers = []
         for query in queries:
-            match = verifier.verify(
+            checked = verifier.verification(
                 query.source_key, query.source_image, query.source_box, query.target_key, query.target_image
             )
+            match = checked.match
             if match is None:
                 answers.append(EvalAnswer(found=False, bbox=None, confidence=0.0, method=Method.NONE.value))
             else:
-                answers.append(
-                    EvalAnswer(found=True, bbox=match.bbox, confidence=match.confidence, method=Method.GEOMETRIC.value)
-                )
+                copies = tuple(copy.bbox for copy in checked.copies)
+                answers.append(EvalAnswer(True, match.bbox, match.confidence, Method.GEOMETRIC.value, copies))
         return answers
 
     return locate
@@ -648,6 +655,12 @@ class CachingVerifier:
     def verify(
         self, source_key: Hashable, source: RGBImage, box: BBox, target_key: Hashable, target: RGBImage
     ) -> GeometricMatch | None:
+        return self.verification(source_key, source, box, target_key, target).match
+
+    def verification(
+        self, source_key: Hashable, source: RGBImage, box: BBox, target_key: Hashable, target: RGBImage
+    ) -> Verification:
+        """The pipeline's verdict on ``box`` in ``target``: the match, its matches and the product's further copies."""
         if target_key not in self._targets:
             self._targets[target_key] = self.verifier.target_features(target)
         key = (source_key, box)
@@ -659,4 +672,4 @@ class CachingVerifier:
                 self._tilted[key] = self.verifier.tilted_features(source, box)
             return self._tilted[key]
 
-        return self.verifier.verify_views(self._frontal[key], tilted, self._targets[target_key], box).match
+        return self.verifier.verify_views(self._frontal[key], tilted, self._targets[target_key], box)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
@@ -33,21 +33,25 @@ INSERT INTO tag_suggestions (event_id, tag_index, product_id, found, confidence,
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
 
 _LINEAGE_COLUMNS = """
-upload_id, product_id, found, confidence, bbox_x, bbox_y, bbox_width, bbox_height, detected_class, method, error,
-model_version, detector, embedder, upload_event_id, event_id, processed_at, written_at, copies"""
+l.upload_id, l.product_id, l.found, l.confidence, l.bbox_x, l.bbox_y, l.bbox_width, l.bbox_height, l.detected_class,
+l.method, l.error, l.model_version, l.detector, l.embedder, l.upload_event_id, l.event_id, l.processed_at,
+l.written_at, s.copies"""
+
+_FROM_LINEAGE = """
+FROM suggestion_lineage l JOIN tag_suggestions s ON s.event_id = l.event_id AND s.tag_index = l.tag_index"""
 
 # "Latest" is the most recently processed run of the upload: after a replay with a new model,
 # that model's verdicts; its older runs stay in the table for --all-models and audits.
 _SELECT_LATEST = f"""
-SELECT {_LINEAGE_COLUMNS} FROM suggestion_lineage
-WHERE upload_id = %s AND event_id = (
+SELECT {_LINEAGE_COLUMNS} {_FROM_LINEAGE}
+WHERE l.upload_id = %s AND l.event_id = (
     SELECT event_id FROM suggestion_runs WHERE upload_id = %s ORDER BY processed_at DESC, written_at DESC LIMIT 1)
-ORDER BY tag_index"""
+ORDER BY l.tag_index"""
 
 _SELECT_ALL = f"""
-SELECT {_LINEAGE_COLUMNS} FROM suggestion_lineage
-WHERE upload_id = %s
-ORDER BY processed_at DESC, event_id, tag_index"""
+SELECT {_LINEAGE_COLUMNS} {_FROM_LINEAGE}
+WHERE l.upload_id = %s
+ORDER BY l.processed_at DESC, l.event_id, l.tag_index"""
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,8 @@ class StoredSuggestion:
     event_id: str
     processed_at: datetime
     written_at: datetime
-    # Further copies of the product in the upload: [{"bbox": {...}, "confidence": ...}, ...].
-    copies: list[dict[str, Any]] = field(default_factory=list)
+    # Further copies of the product in the uploaded photo: [{"bbox": {...}, "confidence": ...}, ...].
+    copies: list[dict[str, Any]]
 
     def as_record(self) -> dict[str, Any]:
         record = asdict(self)

@@ -83,21 +83,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             FROM tag_suggestions s JOIN suggestion_runs r ON r.event_id = s.event_id""",
         ),
     ),
+    # The view is left as it is: replacing it would fail on PostgreSQL wherever a user built a
+    # view on it. Readers join the column by (event_id, tag_index).
     Migration(
         3,
-        "further copies of a found product (a JSON list of {bbox, confidence}), also in suggestion_lineage",
-        (
-            "ALTER TABLE tag_suggestions ADD COLUMN copies {json} NOT NULL DEFAULT '[]'",
-            # The view gains the column at its end: readers of the previous release name their
-            # columns, so they read it as before.
-            "DROP VIEW suggestion_lineage",
-            """
-            CREATE VIEW suggestion_lineage AS
-            SELECT r.upload_id, s.tag_index, s.product_id, s.found, s.confidence,
-                   s.bbox_x, s.bbox_y, s.bbox_width, s.bbox_height, s.detected_class, s.method, s.error,
-                   r.model_version, r.detector, r.embedder, r.upload_event_id, r.event_id,
-                   r.processed_at, r.written_at, s.copies
-            FROM tag_suggestions s JOIN suggestion_runs r ON r.event_id = s.event_id""",
-        ),
+        "further copies of a found product in tag_suggestions (a JSON list of {bbox, confidence})",
+        ("ALTER TABLE tag_suggestions ADD COLUMN copies {json} NOT NULL DEFAULT '[]'",),
     ),
 )

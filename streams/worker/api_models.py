@@ -83,24 +83,25 @@ class Suggestion(BaseModel):
     detected_class: str | None
 
     @classmethod
-    def of(cls, match: TagMatch, include_copies: bool = False) -> Suggestion:
-        fields = {
-            "product_id": match.product_id,
-            "found": match.found,
-            "confidence": match.confidence,
-            "suggested_bbox": BBoxOut.of(match.bbox) if match.bbox is not None else None,
-            "detected_class": match.detected_class,
-        }
-        if not include_copies:
-            return cls(**fields)
-        copies = [CopyOut(suggested_bbox=BBoxOut.of(c.bbox), confidence=c.confidence) for c in match.copies]
-        return SuggestionWithCopies(**fields, copies=copies)
+    def of(cls, match: TagMatch) -> Suggestion:
+        return cls(
+            product_id=match.product_id,
+            found=match.found,
+            confidence=match.confidence,
+            suggested_bbox=BBoxOut.of(match.bbox) if match.bbox is not None else None,
+            detected_class=match.detected_class,
+        )
 
 
 class SuggestionWithCopies(Suggestion):
     """``Suggestion`` plus the further copies of the product (``include_copies``); empty unless found."""
 
     copies: list[CopyOut]
+
+    @classmethod
+    def of(cls, match: TagMatch) -> SuggestionWithCopies:
+        copies = [CopyOut(suggested_bbox=BBoxOut.of(c.bbox), confidence=c.confidence) for c in match.copies]
+        return cls(**Suggestion.of(match).model_dump(), copies=copies)
 
 
 class SuggestTagsResponse(BaseModel):

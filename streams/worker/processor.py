@@ -18,9 +18,17 @@ from typing import Protocol
 
 from inference.tags import tag_error
 from inference.types import MatchRequest, MatchResult, SourceImage
-from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, DecodeError, EncodeError, decode, encode
+from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, AvroCodec, DecodeError, EncodeError, decode, encode
 from streams.deadletters import Original, dead_letter_record
-from streams.events import EventLimits, InvalidEvent, UploadEvent, check_size, parse_upload, suggestion_record
+from streams.events import (
+    EventLimits,
+    InvalidEvent,
+    UploadEvent,
+    check_size,
+    parse_upload,
+    suggestion_record,
+    suggestions_codec,
+)
 from streams.fetch.errors import FetchError, UnexpectedFetchError
 from streams.fetch.fetcher import DecodedImage, ImageFetcher
 
@@ -95,9 +103,11 @@ class SuggestionProcessor:
         retry: RetryPolicy | None = None,
         limits: EventLimits | None = None,
         images_at_once: int = 16,
+        codec: AvroCodec | None = None,
     ) -> None:
         """``images_at_once`` bounds the decoded images a batch holds: events are worked through in
-        groups needing at most that many distinct images (an event needing more goes alone)."""
+        groups needing at most that many distinct images (an event needing more goes alone).
+        ``codec`` writes the suggestions (`streams.events.suggestions_codec`; default: the latest version)."""
         self.pipeline = pipeline
         self.fetcher = fetcher
         self.topics = topics
@@ -105,6 +115,7 @@ class SuggestionProcessor:
         self.retry = retry or RetryPolicy()
         self.limits = limits or EventLimits()
         self.images_at_once = max(1, images_at_once)
+        self.codec = codec or suggestions_codec()
 
     async def process(self, batch: Sequence[Inbound]) -> list[Outbound]:
         """One Outbound per Inbound, in the same order; never raises (but for cancellation)."""
@@ -235,8 +246,9 @@ class SuggestionProcessor:
         if isinstance(result, _Failed):
             return self.dead_letter(message, result.of(event))
         try:
-            record = suggestion_record(event, result, self.model, message.received_at)
-            value = encode(TAG_SUGGESTIONS, record)
+            version = self.codec.current(TAG_SUGGESTIONS).version
+            record = suggestion_record(event, result, self.model, message.received_at, version)
+            value = self.codec.encode(TAG_SUGGESTIONS, record)
         except EncodeError as exc:
             return self.dead_letter(message, _Failed("encode_error", str(exc)).of(event))
         except Exception as exc:

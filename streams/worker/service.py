@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import faust
 
+from streams.events import suggestions_codec
 from streams.kafka import ensure_topics, wait_for_broker
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -53,6 +54,7 @@ class ProcessorProvider:
                     RetryPolicy(settings.fetch.attempts, settings.fetch.backoff_s, settings.pipeline_attempts),
                     settings.event_limits(),
                     images_at_once=settings.fetch.max_batch_pixels // settings.fetch.working_max_side**2,
+                    codec=suggestions_codec(settings.topics.suggestions_schema_version),
                 )
             return self._processor
 

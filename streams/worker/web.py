@@ -36,6 +36,7 @@ from streams.worker.api_models import (
     HealthResponse,
     SourceTagIn,
     Suggestion,
+    SuggestionWithCopies,
     SuggestTagsRequest,
     SuggestTagsResponse,
 )
@@ -93,9 +94,10 @@ class HttpApi:
         )
         # Boxes that only the fetched image refutes (nothing of them inside it) are input errors too.
         _refuse_bad_tags([match.error for match in result.matches])
+        answer = SuggestionWithCopies if body.include_copies else Suggestion
         return _json(
             SuggestTagsResponse(
-                suggestions=[Suggestion.of(match, body.include_copies) for match in result.matches],
+                suggestions=[answer.of(match) for match in result.matches],
                 detections_count=result.detections_count,
             )
         )

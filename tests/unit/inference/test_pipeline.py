@@ -51,6 +51,28 @@ def test_finds_present_products_precisely_and_rejects_absent_ones(pipeline: Pipe
         assert {"detect", "verify", "decide"} <= set(result.stage_ms)
 
 
+def test_copies_in_a_reduced_photo_are_answered_in_its_original_pixels(pipeline: Pipeline, demo_set: DemoSet) -> None:
+    """An upload shown twice side by side, reduced to half as the fetcher does with large photos."""
+    name, image = next(iter(demo_set.uploads.items()))
+    twice = np.concatenate([image, image], axis=1)
+    reduced = np.ascontiguousarray(twice[::2, ::2])
+    (result,) = pipeline.run([MatchRequest(name, reduced, demo_set.source_images(), target_scale=0.5)])
+    found = 0
+    for match in result.matches:
+        expected = demo_set.ground_truth[name][match.product_id]
+        if not match.found:
+            assert match.copies == (), match
+            continue
+        assert expected is not None and match.bbox is not None, match
+        truths = [expected, replace(expected, x=expected.x + image.shape[1])]
+        answered = [match.bbox, *(copy.bbox for copy in match.copies)]
+        assert len(answered) == 2, match
+        assert sorted(max(range(2), key=lambda i, box=box: box.iou(truths[i])) for box in answered) == [0, 1]
+        assert all(max(box.iou(t) for t in truths) > 0.7 for box in answered), match
+        found += 1
+    assert found >= 1
+
+
 def test_a_box_outside_its_source_image_is_a_per_tag_error(pipeline: Pipeline, demo_set: DemoSet) -> None:
     source = demo_set.source_images()[0]
     width = source.image.shape[1]

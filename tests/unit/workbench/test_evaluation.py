@@ -26,6 +26,7 @@ from workbench.evaluation import (
     positive_items,
     qualitative_items,
 )
+from workbench.perturb import write_variant
 from workbench.pictures import write_pictures
 
 TOP_LEVEL_KEYS = {"recall_iou50", "mean_iou", "false_positive_rate", "per_sequence", "cases", "seconds"}
@@ -306,6 +307,22 @@ def test_geometric_locator_on_real_photographs() -> None:
     assert report.overall.recall_iou50 == 1.0
     assert report.overall.mean_iou is not None and report.overall.mean_iou > 0.9
     assert report.overall.false_positives == 0
+
+
+def test_geometric_locator_answers_every_copy_of_a_repeated_product(tmp_path: Path) -> None:
+    """leuven 1to4 with its target photo twice side by side (``tagstream perturb --kind repeated``)."""
+    data = json.loads(EVAL_SAMPLE.read_text(encoding="utf-8"))
+    data["cases"] = [case for case in data["cases"] if case["case_id"] == "oxford/leuven/1to4"]
+    for case in data["cases"]:
+        for image in ("source_image", "target_image"):
+            case[image] = str(EVAL_SAMPLE.parent / case[image])
+    (tmp_path / "one.json").write_text(json.dumps(data), encoding="utf-8")
+    assert write_variant(tmp_path / "one.json", tmp_path / "repeated", "repeated") == 1
+
+    report = evaluate(tmp_path / "repeated" / "cases.json", geometric_locator()).to_json()
+
+    assert report["recall_iou50"] == 1.0 and report["copies_expected"] == report["boxes"] > 0
+    assert (report["copies_found"], report["copies_wrong"]) == (report["boxes"], 0)
 
 
 def test_answered_copies_count_once_per_true_copy_and_elsewhere_as_wrong(tmp_path: Path) -> None:

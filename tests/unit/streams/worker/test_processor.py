@@ -8,19 +8,32 @@ and the pipeline; example tests pin the cases that once lost whole batches.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib.resources import files
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inference.types import BBox, Copy, MatchRequest, MatchResult, Method, TagMatch
-from schemas import DEAD_LETTER, IMAGE_UPLOADED, TAG_SUGGESTIONS, decode, encode
-from streams.events import EventLimits
+from schemas import (
+    DEAD_LETTER,
+    IMAGE_UPLOADED,
+    TAG_SUGGESTIONS,
+    AvroCodec,
+    DecodeError,
+    Registry,
+    SchemaError,
+    decode,
+    encode,
+)
+from streams.events import EventLimits, suggestions_codec
 from streams.fetch.decode import DecodedImage
 from streams.fetch.errors import ConnectionFailed, FetchError, NotAnImage
 from streams.worker.processor import Inbound, Outbound, RetryPolicy, SuggestionProcessor, Topics
@@ -168,11 +181,21 @@ _scripts = st.lists(st.sampled_from(["answer", "raise", "drop_one", "extra_match
 
 
 def _process(
-    values: list[bytes], fetcher: ScriptedFetcher, pipeline: ScriptedPipeline, images: int = 16
+    values: list[bytes],
+    fetcher: ScriptedFetcher,
+    pipeline: ScriptedPipeline,
+    images: int = 16,
+    codec: AvroCodec | None = None,
 ) -> list[Outbound]:
     processor = SuggestionProcessor(
-        pipeline, fetcher, TOPICS, RetryPolicy(fetch_attempts=2, fetch_backoff_s=0.0), LIMITS, images_at_once=images
-    )  # type: ignore[arg-type]
+        pipeline,  # type: ignore[arg-type]
+        fetcher,  # type: ignore[arg-type]
+        TOPICS,
+        RetryPolicy(fetch_attempts=2, fetch_backoff_s=0.0),
+        LIMITS,
+        images_at_once=images,
+        codec=codec,
+    )
     batch = [Inbound("uploads", 3, 100 + i, f"k{i}".encode(), value, NOW) for i, value in enumerate(values)]
     return asyncio.run(processor.process(batch))
 
@@ -338,6 +361,31 @@ def test_further_copies_of_a_found_product_are_published_with_it() -> None:
     found, missed = decode(outcome.value, expected=TAG_SUGGESTIONS)["suggestions"]
     assert found["copies"] == [{"bbox": {"x": 11.0, "y": 2.0, "width": 3.0, "height": 4.0}, "confidence": 0.8}]
     assert missed["found"] is False and missed["copies"] == []
+
+
+def test_during_an_upgrade_suggestions_are_written_at_the_version_every_reader_knows() -> None:
+    """Pinned to v1 (``TAGSTREAM_TOPICS__SUGGESTIONS_SCHEMA_VERSION=1``): a reader of the previous release decodes it."""
+    values = [encode(IMAGE_UPLOADED, _event("shelf"))]
+
+    (latest,) = _process(values, ScriptedFetcher({}), ScriptedPipeline([]))
+    (pinned,) = _process(values, ScriptedFetcher({}), ScriptedPipeline([]), codec=suggestions_codec(1))
+
+    registry = Registry()
+    registry.register(1, _shipped("image_uploaded.v1.avsc"))
+    registry.register(2, _shipped("tag_suggestions.v1.avsc"))
+    previous_release = AvroCodec(registry)
+    (suggestion,) = previous_release.decode(pinned.value, expected=TAG_SUGGESTIONS)["suggestions"]
+    assert suggestion["found"] is True and "copies" not in suggestion
+    with pytest.raises(DecodeError):
+        previous_release.decode(latest.value, expected=TAG_SUGGESTIONS)
+    assert decode(latest.value, expected=TAG_SUGGESTIONS)["suggestions"][0]["copies"]
+    with pytest.raises(SchemaError, match="has no version 3"):
+        suggestions_codec(3)
+
+
+def _shipped(filename: str) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(files("schemas").joinpath(filename).read_text("utf-8"))
+    return schema
 
 
 def test_a_pipeline_answering_the_wrong_requests_never_gives_one_event_anothers_answer() -> None:
