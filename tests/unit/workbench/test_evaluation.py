@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support.photos import EVAL_SAMPLE
+from support.photos import EVAL_SAMPLE, one_sample_case
 
 from inference.types import BBox
 from workbench.evaluation import (
@@ -223,17 +223,7 @@ def test_wrong_boxes_misses_precision_and_kinds_are_told_apart(tmp_path: Path) -
 
 def test_an_answer_on_another_copy_of_the_product_is_right(tmp_path: Path) -> None:
     """``other_target_boxes`` lists more copies of the product: either copy is right, elsewhere is wrong."""
-    for name in ("s", "t", "u"):
-        _write_png(tmp_path / f"{name}.png", (128, 48))
-    shelf = {"box_id": "shelf", "source_box": [10, 10, 20, 20], "target_box": [10, 10, 20, 20]}
-    shelf["other_target_boxes"] = [[80, 10, 20, 20]]
-    lone = {"box_id": "lone", "source_box": [40, 10, 20, 20], "target_box": [40, 10, 20, 20]}
-    cases = [
-        _case("r/1", "set", "r", "s.png", "t.png", [shelf, lone]),
-        _case("o/1", "other", "o", "u.png", "u.png", []),
-    ]
-    path = tmp_path / "cases.json"
-    path.write_text(json.dumps({"cases": cases}))
+    path = _shelf_cases(tmp_path, 128, [[80, 10, 20, 20]])
 
     def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
         """Both answers at the shelf's copy: right for 'shelf', a wrong box for 'lone'."""
@@ -311,13 +301,7 @@ def test_geometric_locator_on_real_photographs() -> None:
 
 def test_geometric_locator_answers_every_copy_of_a_repeated_product(tmp_path: Path) -> None:
     """leuven 1to4 with its target photo twice side by side (``tagstream perturb --kind repeated``)."""
-    data = json.loads(EVAL_SAMPLE.read_text(encoding="utf-8"))
-    data["cases"] = [case for case in data["cases"] if case["case_id"] == "oxford/leuven/1to4"]
-    for case in data["cases"]:
-        for image in ("source_image", "target_image"):
-            case[image] = str(EVAL_SAMPLE.parent / case[image])
-    (tmp_path / "one.json").write_text(json.dumps(data), encoding="utf-8")
-    assert write_variant(tmp_path / "one.json", tmp_path / "repeated", "repeated") == 1
+    assert write_variant(one_sample_case("oxford/leuven/1to4", tmp_path), tmp_path / "repeated", "repeated") == 1
 
     report = evaluate(tmp_path / "repeated" / "cases.json", geometric_locator()).to_json()
 
@@ -327,17 +311,7 @@ def test_geometric_locator_answers_every_copy_of_a_repeated_product(tmp_path: Pa
 
 def test_answered_copies_count_once_per_true_copy_and_elsewhere_as_wrong(tmp_path: Path) -> None:
     """A shelf of three: the main answer on the middle copy, copies on both others, one twice, one on nothing."""
-    for name in ("s", "t", "u"):
-        _write_png(tmp_path / f"{name}.png", (160, 48))
-    shelf = {"box_id": "shelf", "source_box": [10, 10, 20, 20], "target_box": [10, 10, 20, 20]}
-    shelf["other_target_boxes"] = [[60, 10, 20, 20], [110, 10, 20, 20]]
-    lone = {"box_id": "lone", "source_box": [40, 10, 20, 20], "target_box": [40, 10, 20, 20]}
-    cases = [
-        _case("r/1", "set", "r", "s.png", "t.png", [shelf, lone]),
-        _case("o/1", "other", "o", "u.png", "u.png", []),
-    ]
-    path = tmp_path / "cases.json"
-    path.write_text(json.dumps({"cases": cases}))
+    path = _shelf_cases(tmp_path, 160, [[60, 10, 20, 20], [110, 10, 20, 20]])
 
     def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
         answers = []
@@ -358,3 +332,19 @@ def test_answered_copies_count_once_per_true_copy_and_elsewhere_as_wrong(tmp_pat
     assert rows["shelf"]["copies"][:2] == [[11.0, 10.0, 20.0, 20.0], [110.0, 11.0, 20.0, 20.0]]
     assert "copies" not in rows["lone"]
     assert report["recall_iou50"] == 1.0 and report["false_positives"] == 0
+
+
+def _shelf_cases(tmp_path: Path, width: int, other_copies: list[list[int]]) -> Path:
+    """Case r/1: 'shelf' at (10, 10) with ``other_copies``, and 'lone' at (40, 10); case o/1 gives negatives."""
+    for name in ("s", "t", "u"):
+        _write_png(tmp_path / f"{name}.png", (width, 48))
+    shelf = {"box_id": "shelf", "source_box": [10, 10, 20, 20], "target_box": [10, 10, 20, 20]}
+    shelf["other_target_boxes"] = other_copies
+    lone = {"box_id": "lone", "source_box": [40, 10, 20, 20], "target_box": [40, 10, 20, 20]}
+    cases = [
+        _case("r/1", "set", "r", "s.png", "t.png", [shelf, lone]),
+        _case("o/1", "other", "o", "u.png", "u.png", []),
+    ]
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps({"cases": cases}))
+    return path

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support.photos import EVAL_SAMPLE
+from support.photos import one_sample_case
 
 from workbench.cli import main
 from workbench.evaluation import EvalCase, load_cases, load_image
@@ -20,14 +20,7 @@ CASE = "oxford/leuven/1to4"
 @pytest.fixture(scope="module")
 def one_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The eval sample's leuven case alone, its images read where they are."""
-    data = json.loads(EVAL_SAMPLE.read_text(encoding="utf-8"))
-    data["cases"] = [case for case in data["cases"] if case["case_id"] == CASE]
-    for case in data["cases"]:
-        case["source_image"] = str(EVAL_SAMPLE.parent / case["source_image"])
-        case["target_image"] = str(EVAL_SAMPLE.parent / case["target_image"])
-    path = tmp_path_factory.mktemp("one") / "cases.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
+    return one_sample_case(CASE, tmp_path_factory.mktemp("one"))
 
 
 def _variant(one_case: Path, tmp_path: Path, kind: str) -> tuple[EvalCase, EvalCase]:
