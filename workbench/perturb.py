@@ -10,7 +10,9 @@ measures that one difficulty on the same real pairs (docs/accuracy.md, "Robustne
 * ``large``: a 5x larger photo (640x480 becomes 3200x2400, 800x640 12.8 MP), bicubic;
 * ``occlusion``: the right 40 % of every true box covered by flat grey;
 * ``repeated``: the photo twice side by side, each box's copy listed in ``other_target_boxes``
-  (an answer on either copy is right).
+  (an answer on either copy is right);
+* ``shelf``: the photo, and beside it a copy at 70 % of its size (vertically centred on grey):
+  a second copy of each product farther away, whose features are similar but not identical.
 
 Source photos are not touched (they are the catalogue's), so negatives stay negatives. The noise
 is seeded: the same input gives the same files.
@@ -36,6 +38,7 @@ Box = list[float]
 
 LARGE_FACTOR = 5
 OCCLUDED_SHARE = 0.4
+SHELF_COPY_SCALE = 0.7
 
 
 def register(commands: Commands) -> None:
@@ -132,10 +135,28 @@ def _repeated(pixels: Pixels, truths: list[dict[str, Any]], _: np.random.Generat
     return np.concatenate([pixels, pixels], axis=1)
 
 
+def _shelf(pixels: Pixels, truths: list[dict[str, Any]], _: np.random.Generator) -> Pixels:
+    height, width = pixels.shape[:2]
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    farther = image.resize(
+        (round(width * SHELF_COPY_SCALE), round(height * SHELF_COPY_SCALE)), Image.Resampling.LANCZOS
+    )
+    canvas = np.full((height, width + farther.width, 3), 128.0, dtype=np.float32)
+    canvas[:, :width] = pixels
+    top = (height - farther.height) // 2
+    canvas[top : top + farther.height, width:] = np.asarray(farther, dtype=np.float32)
+    sx, sy = farther.width / width, farther.height / height
+    for box in truths:
+        x, y, w, h = box["target_box"]
+        box["other_target_boxes"] = [[width + x * sx, top + y * sy, w * sx, h * sy]]
+    return canvas
+
+
 VARIANTS: dict[str, Callable[[Pixels, list[dict[str, Any]], np.random.Generator], Pixels]] = {
     "lighting": _lighting,
     "dim": _dim,
     "large": _large,
     "occlusion": _occlusion,
     "repeated": _repeated,
+    "shelf": _shelf,
 }

@@ -12,7 +12,7 @@ from support.photos import one_sample_case
 
 from workbench.cli import main
 from workbench.evaluation import EvalCase, load_cases, load_image
-from workbench.perturb import LARGE_FACTOR, VARIANTS, write_variant
+from workbench.perturb import LARGE_FACTOR, SHELF_COPY_SCALE, VARIANTS, write_variant
 
 CASE = "oxford/leuven/1to4"
 
@@ -56,6 +56,24 @@ def test_a_repeated_product_lists_its_copy(one_case: Path, tmp_path: Path) -> No
         assert new.target_box == old.target_box and old.target_box is not None
         (copy,) = new.other_target_boxes
         assert (copy.x, copy.y, copy.width) == (old.target_box.x + width, old.target_box.y, old.target_box.width)
+
+
+def test_a_shelf_shows_a_smaller_copy_beside_the_photo(one_case: Path, tmp_path: Path) -> None:
+    original, changed = _variant(one_case, tmp_path, "shelf")
+    before, after = load_image(original.target_path), load_image(changed.target_path)
+    height, width = before.shape[:2]
+    assert after.shape[0] == height and after.shape[1] == width + round(width * SHELF_COPY_SCALE)
+    assert np.array_equal(after[:, :width], before)
+    size = (after.shape[1] - width, round(height * SHELF_COPY_SCALE))
+    farther = np.asarray(Image.fromarray(before).resize(size, Image.Resampling.LANCZOS))
+    top = (height - farther.shape[0]) // 2
+    assert np.abs(after[top : top + farther.shape[0], width:].astype(int) - farther.astype(int)).max() <= 1
+    for old, new in zip(original.boxes, changed.boxes, strict=True):
+        assert new.target_box == old.target_box and old.target_box is not None
+        (copy,) = new.other_target_boxes
+        assert copy.x == pytest.approx(width + old.target_box.x * SHELF_COPY_SCALE, abs=0.5)
+        assert copy.y == pytest.approx(top + old.target_box.y * SHELF_COPY_SCALE, abs=0.5)
+        assert copy.width == pytest.approx(old.target_box.width * SHELF_COPY_SCALE, abs=0.5)
 
 
 def test_occlusion_covers_the_right_of_each_true_box(one_case: Path, tmp_path: Path) -> None:
