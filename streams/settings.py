@@ -10,10 +10,11 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast, get_type_hints
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, create_model, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.config import SETTING, ModelConfig, PipelineConfig, SearchConfig
+from schemas import TAG_SUGGESTIONS, SchemaError, builtin_registry
 from streams.events import EventLimits
 from streams.logs import LogFormat
 
@@ -29,8 +30,8 @@ class TopicSettings(BaseModel):
     suggestions_schema_version: int | None = Field(
         None,
         ge=1,
-        description="TagSuggestions schema version the worker writes; default the latest (2). Set 1 during an "
-        "upgrade until every reader of the topic knows version 2 (version 1 has no copies).",
+        description="TagSuggestions schema version the worker writes; default: the latest. Set the previous one "
+        "during an upgrade until every reader of the topic knows the latest (version 1 has no copies).",
     )
     dead_letters: str = Field(
         "image-uploaded.dlq", description="Dead-letter topic: every event that could not be processed, with its reason."
@@ -42,6 +43,17 @@ class TopicSettings(BaseModel):
         description="Replication factor of the topics the worker creates (its output and Faust's internal ones); on a "
         "cluster set it to the uploads topic's, or losing one broker makes them unavailable.",
     )
+
+    @field_validator("suggestions_schema_version")
+    @classmethod
+    def _a_shipped_version(cls, version: int | None) -> int | None:
+        """Refused at start-up, not at the first upload: a worker that cannot write its output must not run."""
+        if version is not None:
+            try:
+                builtin_registry().version(TAG_SUGGESTIONS, version)
+            except SchemaError as exc:
+                raise ValueError(str(exc)) from None
+        return version
 
 
 class FetchSettings(BaseModel):

@@ -116,6 +116,7 @@ class SuggestionProcessor:
         self.limits = limits or EventLimits()
         self.images_at_once = max(1, images_at_once)
         self.codec = codec or suggestions_codec()
+        self.suggestions_version = self.codec.current(TAG_SUGGESTIONS).version
 
     async def process(self, batch: Sequence[Inbound]) -> list[Outbound]:
         """One Outbound per Inbound, in the same order; never raises (but for cancellation)."""
@@ -246,8 +247,7 @@ class SuggestionProcessor:
         if isinstance(result, _Failed):
             return self.dead_letter(message, result.of(event))
         try:
-            version = self.codec.current(TAG_SUGGESTIONS).version
-            record = suggestion_record(event, result, self.model, message.received_at, version)
+            record = suggestion_record(event, result, self.model, message.received_at, self.suggestions_version)
             value = self.codec.encode(TAG_SUGGESTIONS, record)
         except EncodeError as exc:
             return self.dead_letter(message, _Failed("encode_error", str(exc)).of(event))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from inference.config import ModelConfig, SearchConfig
 from streams.cli.config import settings_rows
@@ -54,3 +55,11 @@ def test_the_readme_table_is_what_tagstream_settings_prints() -> None:
     # The cache directory's default is the home of whoever generated the table.
     assert [r.split(" | ")[0] for r in table] == [r.split(" | ")[0] for r in rows]
     assert [r for r in table if "CACHE_DIR" not in r] == [r for r in rows if "CACHE_DIR" not in r]
+
+
+def test_the_suggestions_schema_version_must_be_one_that_ships(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAGSTREAM_TOPICS__SUGGESTIONS_SCHEMA_VERSION", "1")
+    assert Settings().topics.suggestions_schema_version == 1
+    monkeypatch.setenv("TAGSTREAM_TOPICS__SUGGESTIONS_SCHEMA_VERSION", "3")
+    with pytest.raises(ValidationError, match="has no version 3"):
+        Settings()

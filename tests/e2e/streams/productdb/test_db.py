@@ -140,6 +140,20 @@ def test_migrations_run_in_order_once_even_when_sinks_start_together(db_url: str
     assert [s.copies for s in stored] == [[], []], "rows written before copies existed read as having none"
 
 
+def test_a_sink_of_the_first_release_still_writes_to_a_migrated_database(db_url: str) -> None:
+    """A rolling deploy: the old sink inserts without ``copies``; its rows read back with none."""
+
+    async def scenario() -> list[StoredSuggestion]:
+        async with ProductDB.open(db_url) as db:
+            await db.migrate()
+            await _write_as_the_first_release(db, suggestion_event("upload-event-1", "v1", T0))
+            return await db.suggestions("upload-1")
+
+    stored = run(scenario())
+
+    assert [(s.product_id, s.copies) for s in stored] == [("sku-1", []), ("sku-2", [])]
+
+
 def test_further_copies_of_a_product_are_stored_and_read_back(db_url: str) -> None:
     event = suggestion_event("upload-event-1", "v1", T0)
     copies = [
