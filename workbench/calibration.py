@@ -40,13 +40,13 @@ def collect(cases: Iterable[Path], config: GeometryConfig) -> list[Sample]:
             for image_path in (item.source_path, item.target_path):
                 if image_path not in images:
                     images[image_path] = load_image(image_path)
-            match = verifier.verify(
+            match = verifier.verification(
                 item.source_path,
                 images[item.source_path],
                 item.source_box,
                 item.target_path,
                 images[item.target_path],
-            )
+            ).match
             if match is None:
                 continue
             truth = item.truth_for(match.bbox)

@@ -27,14 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from inference.geometry import (
-    GeometricMatch,
-    GeometricVerifier,
-    GeometryConfig,
-    SourceFeatures,
-    TargetFeatures,
-    Verification,
-)
+from inference.geometry import GeometricVerifier, GeometryConfig, SourceFeatures, TargetFeatures, Verification
 from inference.types import BBox, Method, RGBImage
 
 ItemKind = Literal["positive", "negative", "qualitative"]
@@ -651,11 +644,6 @@ class CachingVerifier:
         self._targets: dict[Hashable, TargetFeatures] = {}
         self._frontal: dict[tuple[Hashable, BBox], SourceFeatures] = {}
         self._tilted: dict[tuple[Hashable, BBox], SourceFeatures] = {}
-
-    def verify(
-        self, source_key: Hashable, source: RGBImage, box: BBox, target_key: Hashable, target: RGBImage
-    ) -> GeometricMatch | None:
-        return self.verification(source_key, source, box, target_key, target).match
 
     def verification(
         self, source_key: Hashable, source: RGBImage, box: BBox, target_key: Hashable, target: RGBImage
