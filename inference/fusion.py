@@ -22,6 +22,13 @@ The rule, in order:
 3. Otherwise not found: ``confidence`` is the best of the geometric confidence and the CLIP
    similarity seen, ``bbox`` is null.
 
+Several views of one product (a catalogue that tagged it in several earlier photos, the same
+``product_id`` in several sources of one request) are one question: where is that product? Each
+view is verified on its own, then `pool_views` gives every tag of the product the best found
+answer among them. A product turned away from one view is often facing another (measured in
+docs/accuracy.md, "several views of a product"), and a consumer never reads two verdicts for
+one product that contradict each other.
+
 The one threshold (the request's ``similarity_threshold``, else ``SearchConfig``'s) thus means
 "how sure must a suggestion be": a calibrated probability for geometric matches, the CLIP cosine
 for CLIP-only matches (the reference service's meaning).
@@ -92,6 +99,26 @@ def decide(
         detected_class=None,
         method=Method.NONE,
     )
+
+
+def pool_views(matches: Sequence[TagMatch]) -> list[TagMatch]:
+    """``matches`` in order, each tag of a product answered with the best found answer among its views.
+
+    The best answer is the geometric one of highest confidence, else the CLIP one of highest
+    similarity: geometry's box is the one the evidence supports (rule 1 above), and the two
+    confidences are on different scales. A product no view found keeps each tag's own verdict
+    (its confidence is that view's), and a tag whose own input was bad keeps its error: its
+    box, not the product, is what failed.
+    """
+    best: dict[str, TagMatch] = {}
+    for match in matches:
+        if match.found and (match.product_id not in best or _rank(match) > _rank(best[match.product_id])):
+            best[match.product_id] = match
+    return [best.get(match.product_id, match) if match.method is not Method.INVALID else match for match in matches]
+
+
+def _rank(match: TagMatch) -> tuple[bool, float]:
+    return (match.method is Method.GEOMETRIC, match.confidence)
 
 
 def _clip_accepts(clip: ClipEvidence, threshold: float, source_textured: bool, search: SearchConfig) -> bool:

@@ -27,7 +27,7 @@ from inference.config import PipelineConfig
 from inference.crops import crop_and_resize, image_to_tensor
 from inference.detector import Detector, YoloDetector
 from inference.embedder import ClipEmbedder, Embedder
-from inference.fusion import ClipEvidence, GeometricEvidence, decide, standout
+from inference.fusion import ClipEvidence, GeometricEvidence, decide, pool_views, standout
 from inference.geometry import Correspondences, GeometricVerifier, LocalMatch, SourceFeatures, TargetFeatures
 from inference.runtime import keep_thread_count
 from inference.tags import tag_error
@@ -352,7 +352,7 @@ class Pipeline:
             if request.target_scale != 1.0:
                 match = match.scaled(1.0 / request.target_scale)
             results[job.request_index].append(match)
-        return results
+        return [pool_views(matches) for matches in results]
 
 
 def _tag_jobs(index: int, request: MatchRequest) -> Iterator[_TagJob]:

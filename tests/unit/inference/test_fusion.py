@@ -1,8 +1,8 @@
 import pytest
 
 from inference.config import SearchConfig
-from inference.fusion import ClipEvidence, GeometricEvidence, decide, detected_class, standout
-from inference.types import BBox, Copy, Detection
+from inference.fusion import ClipEvidence, GeometricEvidence, decide, detected_class, pool_views, standout
+from inference.types import BBox, Copy, Detection, Method, TagMatch
 
 SEARCH = SearchConfig()
 BOX = BBox(10, 10, 50, 50)
@@ -31,6 +31,41 @@ def test_copies_of_a_found_product_are_answered_at_the_threshold_only() -> None:
     assert not missed.found and missed.copies == ()
     scaled = match.scaled(2.0)
     assert scaled.bbox == BOX.scaled(2.0) and scaled.copies == (Copy(BBox(200, 0, 20, 20), 0.9123),)
+
+
+def _match(product: str, method: Method, confidence: float, box: BBox | None = None) -> TagMatch:
+    found = method in (Method.GEOMETRIC, Method.CLIP)
+    return TagMatch(product, found, confidence, box if found else None, None, method)
+
+
+def test_every_view_of_a_product_gets_its_best_found_answer() -> None:
+    far, near = BBox(0, 0, 10, 10), BBox(50, 50, 20, 20)
+    views = [
+        _match("can", Method.NONE, 0.4),
+        _match("can", Method.CLIP, 0.97, far),
+        _match("box", Method.GEOMETRIC, 0.8, far),
+        _match("can", Method.GEOMETRIC, 0.85, near),
+        _match("can", Method.GEOMETRIC, 0.8, far),
+    ]
+
+    pooled = pool_views(views)
+
+    # Geometry outranks a CLIP cosine, whatever the numbers; among geometric answers, the surer one.
+    assert [m.product_id for m in pooled] == ["can", "can", "box", "can", "can"]
+    assert [pooled[i] for i in (0, 1, 3, 4)] == [views[3]] * 4
+    assert pooled[2] == views[2]
+
+
+def test_a_product_no_view_found_keeps_each_views_verdict_and_bad_tags_keep_their_error() -> None:
+    views = [
+        _match("can", Method.NONE, 0.4),
+        _match("can", Method.NONE, 0.6),
+        TagMatch.invalid("box", "bbox_outside_image: x"),
+        _match("box", Method.GEOMETRIC, 0.9, BOX),
+    ]
+
+    assert pool_views(views) == [views[0], views[1], views[2], views[3]]
+    assert pool_views(views[:1]) == views[:1]
 
 
 def test_clip_alone_needs_threshold_and_standout() -> None:

@@ -73,6 +73,30 @@ def test_copies_in_a_reduced_photo_are_answered_in_its_original_pixels(pipeline:
     assert found >= 1
 
 
+def test_every_view_of_a_product_is_answered_by_the_view_that_finds_it(pipeline: Pipeline, demo_set: DemoSet) -> None:
+    """A catalogue that tagged a product in two photos: one view cannot find it (here: noise), the other can."""
+    name, upload = next(iter(demo_set.uploads.items()))
+    truth = demo_set.ground_truth[name]
+    present = next(pid for pid in demo_set.product_ids if truth[pid] is not None)
+    absent = next(pid for pid in demo_set.product_ids if truth[pid] is None)
+    noise = np.random.default_rng(7).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    blind = SourceImage(
+        "noise.png", noise, (SourceTag(present, BBox(40, 40, 200, 150)), SourceTag(absent, BBox(20, 20, 90, 90)))
+    )
+    catalogue = _only_tags(demo_set, {present, absent})
+
+    (alone,) = pipeline.run([MatchRequest(name, upload, (blind,))])
+    (pooled,) = pipeline.run([MatchRequest(name, upload, (blind, *catalogue))])
+
+    assert not alone.matches[0].found
+    answers = {pid: [m for m in pooled.matches if m.product_id == pid] for pid in (present, absent)}
+    assert len(answers[present]) == 2 and len(answers[absent]) == 2
+    first, second = answers[present]
+    assert first == second and first.found and first.method == Method.GEOMETRIC
+    assert first.bbox is not None and first.bbox.iou(truth[present]) > 0.8  # type: ignore[arg-type]
+    assert not any(m.found for m in answers[absent])
+
+
 def test_a_box_outside_its_source_image_is_a_per_tag_error(pipeline: Pipeline, demo_set: DemoSet) -> None:
     source = demo_set.source_images()[0]
     width = source.image.shape[1]
