@@ -38,6 +38,12 @@ def register(commands: Commands) -> None:
         metavar="N",
         help="score again with the verifier's matches in N - 1 other orders and report the spread (default 1)",
     )
+    evaluate.add_argument(
+        "--catalogue",
+        action="store_true",
+        help="ask each box with every photo of its product the set holds from other scenes too (a multi-view "
+        "catalogue; boxes with a product name)",
+    )
     offline_option(evaluate, "use random-init models even if pretrained ones exist")
     evaluate.set_defaults(handler=_eval)
 
@@ -45,7 +51,14 @@ def register(commands: Commands) -> None:
 def _eval(args: argparse.Namespace) -> int:
     settings, offline = with_available_models(settings_from(args))
     return run_eval(
-        settings, offline, args.cases or SAMPLE_CASES, args.json, args.viz, args.viz_limit, args.match_orders
+        settings,
+        offline,
+        args.cases or SAMPLE_CASES,
+        args.json,
+        args.viz,
+        args.viz_limit,
+        args.match_orders,
+        args.catalogue,
     )
 
 
@@ -57,12 +70,15 @@ def run_eval(
     viz: Path | None = None,
     viz_limit: int = 24,
     match_orders: int = 1,
+    catalogue: bool = False,
 ) -> int:
     """Scores the pipeline on ``cases``; the report, JSON and pictures are those of the natural match order.
 
     With ``match_orders`` > 1 the set is scored again with the matches shuffled (`workbench.match_orders`),
     sharing the first run's cached source features, and the report gains ``match_orders``: per row,
     the counts of every run. Its ``seconds`` are the first run's, caches cold as before.
+    ``catalogue``: every box is asked with its product's views from other scenes too
+    (`workbench.evaluation.with_catalogue`); the report says so in ``catalogue``.
     """
     if not cases.is_file():
         print(f"no evaluation cases at {cases}: pass --cases PATH/cases.json", file=sys.stderr)
@@ -76,11 +92,13 @@ def run_eval(
     pipeline = Pipeline.load(pipeline_config(settings))
     seeds = order_seeds(match_orders)
     reports = [
-        _scored(cases, pipeline.with_match_order(seed), "eval" if seed is None else f"order {seed}") for seed in seeds
+        _scored(cases, pipeline.with_match_order(seed), "eval" if seed is None else f"order {seed}", catalogue)
+        for seed in seeds
     ]
     report = reports[0]
     result = report.to_json()
     result["model_version"] = pipeline.model_version
+    result["catalogue"] = catalogue
     print(_summary(result))
     if match_orders > 1:
         result["match_orders"] = order_spread(seeds, [result, *(r.to_json() for r in reports[1:])])
@@ -95,14 +113,14 @@ def run_eval(
     return 0
 
 
-def _scored(cases: Path, pipeline: Pipeline, label: str) -> EvalReport:
+def _scored(cases: Path, pipeline: Pipeline, label: str, catalogue: bool) -> EvalReport:
     with tqdm(total=0, unit="box", desc=label) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        return evaluate(cases, pipeline_locator(pipeline), progress=progress)
+        return evaluate(cases, pipeline_locator(pipeline), progress=progress, catalogue=catalogue)
 
 
 def _summary(result: dict[str, Any]) -> str:

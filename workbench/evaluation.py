@@ -13,6 +13,11 @@ Three kinds of items are built from the cases:
   positive. Without them a locator that always answers would look perfect.
 * qualitative: boxes of cases without ground truth; run so their answers can be inspected,
   never scored.
+
+With a catalogue (`with_catalogue`), positives and negatives also carry the product's other views:
+every box of the same ``product`` the set holds in photos of other scenes, as a catalogue that
+tagged it in several earlier photos would send them. Scores then measure the pipeline's pooling
+of views (`inference.fusion.pool_views`), extra chances for a false positive included.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +59,8 @@ class CaseBox:
     category: Category = "planar"
     view_change_deg: float | None = None
     other_target_boxes: tuple[BBox, ...] = ()
+    # The product the box holds (eval3d boxes' ``product``): boxes of one product are its views.
+    product: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,14 @@ class EvalCase:
 
 
 @dataclass(frozen=True)
+class View:
+    """One tagged photo of a product: the photo's path and the product's box in it."""
+
+    path: Path
+    box: BBox
+
+
+@dataclass(frozen=True)
 class EvalItem:
     """One question for the locator plus its expected answer; images are referenced by path."""
 
@@ -91,6 +106,9 @@ class EvalItem:
     category: Category = "planar"
     view_change_deg: float | None = None
     other_target_boxes: tuple[BBox, ...] = ()  # more copies of the product: right answers too
+    # Further views of the product sent beside ``source_box`` (a multi-view catalogue, `with_catalogue`).
+    views: tuple[View, ...] = ()
+    product: str | None = None
 
     def truth_for(self, answer: BBox | None) -> BBox | None:
         """The true box ``answer`` is judged against: of the product's copies, the one it overlaps most."""
@@ -121,6 +139,8 @@ class EvalQuery:
     source_box: BBox
     target_key: str
     target_image: RGBImage
+    # The product's further views (``EvalItem.views``): (image key, image, box) each.
+    views: tuple[tuple[str, RGBImage, BBox], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +202,7 @@ def _parse_box(raw: dict[str, Any], has_truth: bool, nominal_view_change: float 
         category,
         None if view_change is None else float(view_change),
         others,
+        None if raw.get("product") is None else str(raw["product"]),
     )
 
 
@@ -279,7 +300,37 @@ def _item(
         category=box.category,
         view_change_deg=box.view_change_deg if kind == "positive" else None,
         other_target_boxes=box.other_target_boxes if kind == "positive" else (),
+        product=box.product,
     )
+
+
+def with_catalogue(items: Sequence[EvalItem], cases: Sequence[EvalCase]) -> list[EvalItem]:
+    """``items`` with every further view of their product the cases hold, from other scenes than the target's.
+
+    A product's views are its source boxes and its true target boxes over all cases. Photos in
+    one folder are one scene (the datasets' layout: a video, an object's ring of views), and a
+    view from the target's own scene would be a near-copy of the answer, so only other folders
+    count: YCB products gain their photos in other rooms, a statue photographed on one ring
+    gains nothing. Qualitative items and boxes without a ``product`` are left as they are.
+    """
+    catalogue: dict[str, list[View]] = {}
+    for case in cases:
+        for box in case.boxes:
+            if box.product is None:
+                continue
+            views = catalogue.setdefault(box.product, [])
+            for path, view_box in ((case.source_path, box.source_box), (case.target_path, box.target_box)):
+                if view_box is not None and View(path, view_box) not in views:
+                    views.append(View(path, view_box))
+    return [_with_views(item, catalogue) for item in items]
+
+
+def _with_views(item: EvalItem, catalogue: dict[str, list[View]]) -> EvalItem:
+    if item.kind == "qualitative" or item.product is None:
+        return item
+    own = View(item.source_path, item.source_box)
+    views = catalogue.get(item.product, [])
+    return replace(item, views=tuple(v for v in views if v != own and v.path.parent != item.target_path.parent))
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -556,10 +607,20 @@ class Evaluator:
 
 
 def evaluate(
-    cases_json: Path, locate: Locator, *, batch_size: int = 16, progress: ProgressCallback | None = None
+    cases_json: Path,
+    locate: Locator,
+    *,
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
+    catalogue: bool = False,
 ) -> EvalReport:
-    """Loads the cases, builds positive, qualitative and negative items, and scores ``locate``."""
-    items = build_items(load_cases(cases_json))
+    """Loads the cases, builds positive, qualitative and negative items, and scores ``locate``.
+
+    ``catalogue``: each box is asked with every view of its product from other scenes too
+    (`with_catalogue`).
+    """
+    cases = load_cases(cases_json)
+    items = with_catalogue(build_items(cases), cases) if catalogue else build_items(cases)
     return Evaluator(locate, batch_size=batch_size, progress=progress).run(items)
 
 
@@ -604,6 +665,7 @@ def _query(item: EvalItem, images: ImageStore) -> EvalQuery:
         source_box=item.source_box,
         target_key=str(item.target_path),
         target_image=images.get(item.target_path),
+        views=tuple((str(view.path), images.get(view.path), view.box) for view in item.views),
     )
 
 

@@ -3,24 +3,39 @@
 from __future__ import annotations
 
 from inference.pipeline import Pipeline
-from inference.types import MatchRequest, SourceImage, SourceTag
+from inference.types import BBox, MatchRequest, RGBImage, SourceImage, SourceTag
 from workbench.evaluation import EvalAnswer, EvalQuery, Locator
 
 
 def pipeline_locator(pipeline: Pipeline) -> Locator:
-    """Each evaluator batch shares one target image: it becomes one request with one tag per query."""
+    """Each evaluator batch shares one target image: it becomes one request with one tag per query.
+
+    A query's further views of its product (a catalogue, ``EvalQuery.views``) are sent as more tags
+    of the same product, in the photos they come from, so the pipeline pools them as it pools a
+    real upload's; the query is answered by its own tag's verdict.
+    """
 
     def locate(queries: list[EvalQuery]) -> list[EvalAnswer]:
-        by_source: dict[str, list[EvalQuery]] = {}
+        images: dict[str, RGBImage] = {}
+        tags: dict[str, list[SourceTag]] = {}
+        own: list[tuple[str, int]] = []
         for query in queries:
-            by_source.setdefault(query.source_key, []).append(query)
-        sources = tuple(
-            SourceImage(key, group[0].source_image, tuple(SourceTag(q.item_id, q.source_box) for q in group))
-            for key, group in by_source.items()
-        )
+            own.append(
+                (
+                    query.source_key,
+                    _add(images, tags, query.source_key, query.source_image, query.item_id, query.source_box),
+                )
+            )
+            for key, image, box in query.views:
+                _add(images, tags, key, image, query.item_id, box)
+        sources = tuple(SourceImage(key, images[key], tuple(key_tags)) for key, key_tags in tags.items())
         request = MatchRequest(queries[0].target_key, queries[0].target_image, sources)
         (result,) = pipeline.run([request])
-        matches = {m.product_id: m for m in result.matches}
+        offsets, start = {}, 0
+        for source in sources:
+            offsets[source.key] = start
+            start += len(source.tags)
+        answers = [result.matches[offsets[key] + index] for key, index in own]
         return [
             EvalAnswer(
                 found=match.found,
@@ -29,7 +44,17 @@ def pipeline_locator(pipeline: Pipeline) -> Locator:
                 method=match.method.value,
                 copies=tuple(copy.bbox for copy in match.copies),
             )
-            for match in (matches[q.item_id] for q in queries)
+            for match in answers
         ]
 
     return locate
+
+
+def _add(
+    images: dict[str, RGBImage], tags: dict[str, list[SourceTag]], key: str, image: RGBImage, product: str, box: BBox
+) -> int:
+    """Adds a tag of ``product`` in the photo ``key``; returns its index among that photo's tags."""
+    images.setdefault(key, image)
+    photo_tags = tags.setdefault(key, [])
+    photo_tags.append(SourceTag(product, box))
+    return len(photo_tags) - 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from support.photos import EVAL_SAMPLE
 
 from workbench.cli import main
@@ -71,3 +73,33 @@ def test_eval_over_several_match_orders_reports_each_run(
 
 def test_eval_refuses_no_match_order(small_cases: Path) -> None:
     assert main(["eval", "--cases", str(small_cases), "--offline", "--match-orders", "0"]) == 2
+
+
+def test_a_catalogue_answers_a_box_with_the_view_of_its_product_that_finds_it(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """graf's first box tagged twice: on noise (a view that cannot find it) and on its photo, in another folder."""
+    monkeypatch.setenv("TAGSTREAM_CACHE_DIR", str(cache_dir))
+    graf = next(c for c in json.loads(EVAL_SAMPLE.read_text())["cases"] if c["case_id"] == "oxford/graf/1to2")
+    box = {**graf["boxes"][0], "product": "graf-g1"}
+    (tmp_path / "noise").mkdir()
+    (tmp_path / "catalogue").mkdir()
+    noise = np.random.default_rng(3).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise" / "n.png")
+    (tmp_path / "catalogue" / "img1.png").symlink_to(EVAL_SAMPLE.parent / graf["source_image"])
+    (tmp_path / "oxford").symlink_to(EVAL_SAMPLE.parent / "oxford")
+    cases = [
+        {**graf, "case_id": "blind", "source_image": "noise/n.png", "boxes": [box]},
+        {**graf, "case_id": "seen", "sequence": "graf-catalogue", "source_image": "catalogue/img1.png", "boxes": [box]},
+    ]
+    (tmp_path / "cases.json").write_text(json.dumps({"cases": cases}))
+
+    def found(*options: str) -> dict[str, bool]:
+        out = tmp_path / "report.json"
+        assert main(["eval", "--cases", str(tmp_path / "cases.json"), "--json", str(out), "--offline", *options]) == 0
+        report = json.loads(out.read_text())
+        assert report["catalogue"] == bool(options)
+        return {case["case_id"]: case["box_results"][0]["iou"] >= 0.5 for case in report["cases"]}
+
+    assert found() == {"blind": False, "seen": True}
+    assert found("--catalogue") == {"blind": True, "seen": True}

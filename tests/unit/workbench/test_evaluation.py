@@ -25,6 +25,7 @@ from workbench.evaluation import (
     negative_items,
     positive_items,
     qualitative_items,
+    with_catalogue,
 )
 from workbench.perturb import write_variant
 from workbench.pictures import write_pictures
@@ -348,3 +349,45 @@ def _shelf_cases(tmp_path: Path, width: int, other_copies: list[list[int]]) -> P
     path = tmp_path / "cases.json"
     path.write_text(json.dumps({"cases": cases}))
     return path
+
+
+def test_a_catalogue_adds_the_products_views_from_other_scenes_only(tmp_path: Path) -> None:
+    for folder in ("s1", "s2", "s3"):
+        (tmp_path / folder).mkdir()
+    for name in ("s1/a", "s1/b", "s2/c", "s3/d"):
+        _write_png(tmp_path / f"{name}.png", (64, 48))
+    can = {"box_id": "can", "product": "can", "source_box": [1, 1, 20, 20], "target_box": [2, 2, 20, 20]}
+    can_again = {**can, "source_box": [5, 5, 20, 20], "target_box": [6, 6, 20, 20]}
+    anonymous = {"box_id": "x", "source_box": [30, 20, 20, 20], "target_box": [30, 20, 20, 20]}
+    cases = [
+        _case("one", "set", "p", "s1/a.png", "s1/b.png", [can, anonymous]),
+        _case("two", "set", "q", "s2/c.png", "s3/d.png", [can_again]),
+        _case("look", "demo", "r", "s2/c.png", "s1/a.png", [{**can, "target_box": None}]),
+    ]
+    (tmp_path / "cases.json").write_text(json.dumps({"cases": cases}))
+    loaded = load_cases(tmp_path / "cases.json")
+    items = {item.item_id: item for item in with_catalogue(build_items(loaded), loaded)}
+
+    def views(item_id: str) -> set[tuple[str, tuple[float, ...]]]:
+        return {(v.path.relative_to(tmp_path).as_posix(), v.box.as_xyxy()) for v in items[item_id].views}
+
+    # Own scene (s1) and own tag excluded; every other tag of the product counts: sources (the
+    # qualitative case's too) and true target boxes.
+    assert views("pos:one:can") == {
+        ("s2/c.png", (5, 5, 25, 25)),
+        ("s2/c.png", (1, 1, 21, 21)),
+        ("s3/d.png", (6, 6, 26, 26)),
+    }
+    assert views("pos:two:can") == {
+        ("s1/a.png", (1, 1, 21, 21)),
+        ("s1/b.png", (2, 2, 22, 22)),
+        ("s2/c.png", (1, 1, 21, 21)),
+    }
+    assert views("pos:one:x") == set()  # no product name, no views
+    assert items["qual:look:can"].views == ()
+    negatives = [item for item in items.values() if item.kind == "negative" and item.product == "can"]
+    assert any(item.views for item in negatives)
+    for item in negatives:
+        assert all(v.path.parent != item.target_path.parent for v in item.views)
+        assert (item.source_path, item.source_box) not in {(v.path, v.box) for v in item.views}
+    assert all(item.views == () for item in build_items(loaded))
