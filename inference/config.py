@@ -105,6 +105,11 @@ class SearchConfig:
     # A source box with at least this many keypoints (over all simulated views) is "textured":
     # local features can speak for it, so CLIP alone is not trusted without local support.
     textured_min_keypoints: int = 40
+    pool_views: bool = setting(
+        True,
+        "Answer every tag of a product tagged in several sources with the best found answer among its views; "
+        "false: each tag alone (more views also give a sloppy tag more chances of a false positive).",
+    )
     embed_batch_size: int = 64
 
 

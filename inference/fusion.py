@@ -27,7 +27,9 @@ Several views of one product (a catalogue that tagged it in several earlier phot
 view is verified on its own, then `pool_views` gives every tag of the product the best found
 answer among them. A product turned away from one view is often facing another (measured in
 docs/accuracy.md, "several views of a product"), and a consumer never reads two verdicts for
-one product that contradict each other.
+one product that contradict each other (a tag whose own box is bad keeps its error). The price:
+every view is one more chance for a sloppy tag (background or a neighbour inside its box) to
+answer for the product; ``SearchConfig.pool_views`` turns pooling off.
 
 The one threshold (the request's ``similarity_threshold``, else ``SearchConfig``'s) thus means
 "how sure must a suggestion be": a calibrated probability for geometric matches, the CLIP cosine

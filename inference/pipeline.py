@@ -157,6 +157,10 @@ class Pipeline:
         with clock.stage("verify"):
             self._verify(requests, valid)
         pending = [job for job in valid if job.geometric is None and self._clip_could_decide(job)]
+        if search.pool_views:
+            # Pooling answers a product that geometry found anywhere with that match: CLIP on its other views is wasted.
+            found = {(j.request_index, j.tag.product_id) for j in valid if self._geometry_decides(j, requests)}
+            pending = [job for job in pending if (job.request_index, job.tag.product_id) not in found]
         if pending:
             self._clip_search(requests, detections, pending, clock)
         with clock.stage("decide"):
@@ -167,12 +171,19 @@ class Pipeline:
             for r, matches, dets in zip(requests, results, detections, strict=True)
         ]
 
+    def _threshold(self, request: MatchRequest) -> float:
+        """The request's own threshold, else the configured one."""
+        own = request.similarity_threshold
+        return own if own is not None else self.config.search.similarity_threshold
+
+    def _geometry_decides(self, job: _TagJob, requests: Sequence[MatchRequest]) -> bool:
+        """Whether ``job``'s geometric match is sure enough to be its answer (`fusion.decide`'s first rule)."""
+        return job.geometric is not None and job.geometric.confidence >= self._threshold(requests[job.request_index])
+
     def _verify(self, requests: Sequence[MatchRequest], jobs: list[_TagJob]) -> None:
         targets, first_seen = self._extract(requests, jobs)
-        default_threshold = self.config.search.similarity_threshold
         for job in jobs:
-            request = requests[job.request_index]
-            threshold = request.similarity_threshold if request.similarity_threshold is not None else default_threshold
+            threshold = self._threshold(requests[job.request_index])
             key = _features_key(job, "frontal")
             checked = self.verifier.verify_views(
                 first_seen[key] if key in first_seen else self._cached_features(job, "frontal"),
@@ -333,16 +344,14 @@ class Pipeline:
         self, requests: Sequence[MatchRequest], detections: list[list[Detection]], jobs: list[_TagJob]
     ) -> list[list[TagMatch]]:
         results: list[list[TagMatch]] = [[] for _ in requests]
-        default_threshold = self.config.search.similarity_threshold
         for job in jobs:
             request = requests[job.request_index]
             if job.error is not None:
                 results[job.request_index].append(TagMatch.invalid(job.tag.product_id, job.error))
                 continue
-            threshold = request.similarity_threshold if request.similarity_threshold is not None else default_threshold
             match = decide(
                 job.tag.product_id,
-                threshold,
+                self._threshold(request),
                 job.clip,
                 job.geometric,
                 job.textured,
@@ -352,7 +361,7 @@ class Pipeline:
             if request.target_scale != 1.0:
                 match = match.scaled(1.0 / request.target_scale)
             results[job.request_index].append(match)
-        return [pool_views(matches) for matches in results]
+        return [pool_views(matches) for matches in results] if self.config.search.pool_views else results
 
 
 def _tag_jobs(index: int, request: MatchRequest) -> Iterator[_TagJob]:
