@@ -74,6 +74,13 @@ class EvalCase:
     target_path: Path
     has_ground_truth: bool
     boxes: tuple[CaseBox, ...]
+    # The folder of the scene the target photo was taken in (`with_catalogue`): its own folder,
+    # unless the set moved it (``target_scene`` of a set written by `tagstream perturb`).
+    target_scene: Path | None = None
+
+    @property
+    def target_folder(self) -> Path:
+        return self.target_scene or self.target_path.parent
 
     @property
     def sequence_key(self) -> str:
@@ -83,10 +90,11 @@ class EvalCase:
 
 @dataclass(frozen=True)
 class View:
-    """One tagged photo of a product: the photo's path and the product's box in it."""
+    """One tagged photo of a product: the photo's path, the product's box in it, the photo's scene folder."""
 
     path: Path
     box: BBox
+    folder: Path
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,7 @@ class EvalItem:
     # Further views of the product sent beside ``source_box`` (a multi-view catalogue, `with_catalogue`).
     views: tuple[View, ...] = ()
     product: str | None = None
+    target_folder: Path | None = None  # `EvalCase.target_folder` of the target photo
 
     def truth_for(self, answer: BBox | None) -> BBox | None:
         """The true box ``answer`` is judged against: of the product's copies, the one it overlaps most."""
@@ -128,6 +137,15 @@ class EvalItem:
 
 
 @dataclass(frozen=True, eq=False)
+class QueryView:
+    """A `View` as a locator sees it: the photo's key (for caching), the decoded photo and the box."""
+
+    key: str
+    image: RGBImage
+    box: BBox
+
+
+@dataclass(frozen=True, eq=False)
 class EvalQuery:
     """What a locator sees: no ground truth. Keys identify images for caching (decoded once)."""
 
@@ -139,8 +157,8 @@ class EvalQuery:
     source_box: BBox
     target_key: str
     target_image: RGBImage
-    # The product's further views (``EvalItem.views``): (image key, image, box) each.
-    views: tuple[tuple[str, RGBImage, BBox], ...] = ()
+    # The product's further views (``EvalItem.views``), decoded.
+    views: tuple[QueryView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,7 +171,10 @@ class EvalAnswer:
 
 
 Locator = Callable[[list[EvalQuery]], list[EvalAnswer]]
-"""Answers a batch of queries, in order. Every batch the evaluator sends shares one target image."""
+"""Answers a batch of queries, in order. Every batch the evaluator sends shares one target image.
+
+A query's ``views`` (a catalogue) are the pipeline locator's to pool; `geometric_locator` reads
+the query's own box only."""
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -176,6 +197,7 @@ def _parse_case(raw: dict[str, Any], root: Path) -> EvalCase:
         target_path=root / str(raw["target_image"]),
         has_ground_truth=has_truth,
         boxes=tuple(_parse_box(box, has_truth, _nominal_view_change(raw)) for box in raw["boxes"]),
+        target_scene=root / str(raw["target_scene"]) if raw.get("target_scene") else None,
     )
 
 
@@ -229,7 +251,7 @@ class ImageStore:
 
 def positive_items(cases: Iterable[EvalCase]) -> list[EvalItem]:
     return [
-        _item(f"pos:{case.case_id}:{box.box_id}", "positive", case, box, case.target_path, box.target_box)
+        _item(f"pos:{case.case_id}:{box.box_id}", "positive", case, box, case, box.target_box)
         for case in cases
         if case.has_ground_truth
         for box in case.boxes
@@ -238,7 +260,7 @@ def positive_items(cases: Iterable[EvalCase]) -> list[EvalItem]:
 
 def qualitative_items(cases: Iterable[EvalCase]) -> list[EvalItem]:
     return [
-        _item(f"qual:{case.case_id}:{box.box_id}", "qualitative", case, box, case.target_path, None)
+        _item(f"qual:{case.case_id}:{box.box_id}", "qualitative", case, box, case, None)
         for case in cases
         if not case.has_ground_truth
         for box in case.boxes
@@ -275,7 +297,7 @@ def negative_items(cases: Sequence[EvalCase]) -> list[EvalItem]:
                 if pair not in asked:
                     asked.add(pair)
                     item_id = f"neg:{case.case_id}:{box.box_id}->{other.case_id}"
-                    items.append(_item(item_id, "negative", case, box, other.target_path, None))
+                    items.append(_item(item_id, "negative", case, box, other, None))
     return items
 
 
@@ -284,8 +306,9 @@ def build_items(cases: Sequence[EvalCase]) -> list[EvalItem]:
 
 
 def _item(
-    item_id: str, kind: ItemKind, case: EvalCase, box: CaseBox, target_path: Path, target_box: BBox | None
+    item_id: str, kind: ItemKind, case: EvalCase, box: CaseBox, target: EvalCase, target_box: BBox | None
 ) -> EvalItem:
+    """The item asking ``case``'s ``box`` in the target photo of ``target`` (``case`` itself, or another scene's)."""
     return EvalItem(
         item_id=item_id,
         kind=kind,
@@ -294,13 +317,14 @@ def _item(
         sequence=case.sequence_key,
         source_path=case.source_path,
         source_box=box.source_box,
-        target_path=target_path,
+        target_path=target.target_path,
         target_box=target_box,
         trivial_baseline_iou=box.trivial_baseline_iou if kind == "positive" else None,
         category=box.category,
         view_change_deg=box.view_change_deg if kind == "positive" else None,
         other_target_boxes=box.other_target_boxes if kind == "positive" else (),
         product=box.product,
+        target_folder=target.target_folder,
     )
 
 
@@ -308,9 +332,9 @@ def with_catalogue(items: Sequence[EvalItem], cases: Sequence[EvalCase]) -> list
     """``items`` with every further view of their product the cases hold, from other scenes than the target's.
 
     A product's views are its source boxes and its true target boxes over all cases. Photos in
-    one folder are one scene (the datasets' layout: a video, an object's ring of views), and a
-    view from the target's own scene would be a near-copy of the answer, so only other folders
-    count: YCB products gain their photos in other rooms, a statue photographed on one ring
+    one folder are one scene (the datasets' layout: a video, an object's ring of views; a set
+    whose target photos were moved names their folder in ``target_scene``), and a view from the
+    target's own scene would be a near-copy of the answer, so only other folders count: YCB products gain their photos in other rooms, a statue photographed on one ring
     gains nothing. Qualitative items and boxes without a ``product`` are left as they are.
     """
     catalogue: dict[str, list[View]] = {}
@@ -319,18 +343,21 @@ def with_catalogue(items: Sequence[EvalItem], cases: Sequence[EvalCase]) -> list
             if box.product is None:
                 continue
             views = catalogue.setdefault(box.product, [])
-            for path, view_box in ((case.source_path, box.source_box), (case.target_path, box.target_box)):
-                if view_box is not None and View(path, view_box) not in views:
-                    views.append(View(path, view_box))
+            seen = [View(case.source_path, box.source_box, case.source_path.parent)]
+            if box.target_box is not None:
+                seen.append(View(case.target_path, box.target_box, case.target_folder))
+            for view in seen:
+                if view not in views:
+                    views.append(view)
     return [_with_views(item, catalogue) for item in items]
 
 
 def _with_views(item: EvalItem, catalogue: dict[str, list[View]]) -> EvalItem:
     if item.kind == "qualitative" or item.product is None:
         return item
-    own = View(item.source_path, item.source_box)
     views = catalogue.get(item.product, [])
-    return replace(item, views=tuple(v for v in views if v != own and v.path.parent != item.target_path.parent))
+    own, folder = (item.source_path, item.source_box), item.target_folder or item.target_path.parent
+    return replace(item, views=tuple(v for v in views if (v.path, v.box) != own and v.folder != folder))
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -665,7 +692,7 @@ def _query(item: EvalItem, images: ImageStore) -> EvalQuery:
         source_box=item.source_box,
         target_key=str(item.target_path),
         target_image=images.get(item.target_path),
-        views=tuple((str(view.path), images.get(view.path), view.box) for view in item.views),
+        views=tuple(QueryView(str(view.path), images.get(view.path), view.box) for view in item.views),
     )
 
 

@@ -67,7 +67,9 @@ def write_variant(cases_json: Path, out: Path, kind: str, seed: int = 0) -> int:
 
     A target photo that several cases share (eval3d-dev: one YCB frame, five source scenes) is
     changed once, with the true boxes of all of them: occlusion covers every product in it.
-    Source image paths become absolute, so the new set reads the originals where they are.
+    Source image paths become absolute, so the new set reads the originals where they are, and
+    each case names its target photo's original folder (``target_scene``), the scene
+    `eval --catalogue` must not take a product's other views from.
     """
     root = cases_json.resolve().parent
     data = json.loads(cases_json.read_text(encoding="utf-8"))
@@ -86,6 +88,8 @@ def write_variant(cases_json: Path, out: Path, kind: str, seed: int = 0) -> int:
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out / name)
         for case in cases:
             case["source_image"] = str((root / case["source_image"]).resolve())
+            # The photo leaves its scene's folder: `eval --catalogue` must still know its scene.
+            case["target_scene"] = str((root / str(case.get("target_scene") or Path(photo).parent)).resolve())
             case["target_image"] = name
             case["target_size"] = [pixels.shape[1], pixels.shape[0]]
             # The published homography maps into the original photo, no longer into this one.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 from inference.pipeline import Pipeline
 from inference.types import BBox, MatchRequest, RGBImage, SourceImage, SourceTag
 from workbench.evaluation import EvalAnswer, EvalQuery, Locator
@@ -20,22 +22,17 @@ def pipeline_locator(pipeline: Pipeline) -> Locator:
         tags: dict[str, list[SourceTag]] = {}
         own: list[tuple[str, int]] = []
         for query in queries:
-            own.append(
-                (
-                    query.source_key,
-                    _add(images, tags, query.source_key, query.source_image, query.item_id, query.source_box),
-                )
-            )
-            for key, image, box in query.views:
-                _add(images, tags, key, image, query.item_id, box)
+            index = _add(images, tags, query.source_key, query.source_image, query.item_id, query.source_box)
+            own.append((query.source_key, index))
+            for view in query.views:
+                _add(images, tags, view.key, view.image, query.item_id, view.box)
         sources = tuple(SourceImage(key, images[key], tuple(key_tags)) for key, key_tags in tags.items())
         request = MatchRequest(queries[0].target_key, queries[0].target_image, sources)
         (result,) = pipeline.run([request])
-        offsets, start = {}, 0
-        for source in sources:
-            offsets[source.key] = start
-            start += len(source.tags)
-        answers = [result.matches[offsets[key] + index] for key, index in own]
+        # The result lists the tags source by source: where each photo's tags start in it.
+        ends = accumulate(len(photo_tags) for photo_tags in tags.values())
+        starts = {key: end - len(photo_tags) for (key, photo_tags), end in zip(tags.items(), ends, strict=True)}
+        answers = [result.matches[starts[key] + index] for key, index in own]
         return [
             EvalAnswer(
                 found=match.found,

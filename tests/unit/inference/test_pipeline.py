@@ -204,6 +204,26 @@ def test_lookalikes_and_confirmed_products_cost_no_clip_work(pipeline: Pipeline,
     assert counting.passes == 0
 
 
+def test_the_views_of_a_product_geometry_found_cost_no_clip_work_unless_pooling_is_off(
+    pipeline: Pipeline, demo_set: DemoSet
+) -> None:
+    """A flat grey view of a present product would send it to CLIP; found through its real view, it need not."""
+    name, upload = next(iter(demo_set.uploads.items()))
+    present = next(pid for pid in demo_set.product_ids if demo_set.ground_truth[name][pid] is not None)
+    grey = SourceImage("grey.png", np.full((240, 320, 3), 128, np.uint8), (SourceTag(present, BBox(40, 40, 120, 100)),))
+    request = MatchRequest(name, upload, (grey, *_only_tags(demo_set, {present})))
+    passes = {}
+    for pooled in (True, False):
+        counting = _CountingEmbedder(pipeline.embedder)
+        config = replace(pipeline.config, search=replace(pipeline.config.search, pool_views=pooled))
+        (result,) = Pipeline(pipeline.detector, counting, pipeline.verifier, config).run([request])
+        plain, real = result.matches
+        assert real.found and real.method == Method.GEOMETRIC
+        assert (plain == real) == pooled
+        passes[pooled] = counting.passes
+    assert passes[True] == 0 < passes[False]
+
+
 def _with_plain_tag(source: SourceImage) -> tuple[SourceImage, BBox]:
     """``source`` with a flat grey patch painted in a free corner and tagged: a product without texture."""
     box = BBox(4, 4, 72, 72)

@@ -351,9 +351,10 @@ def _shelf_cases(tmp_path: Path, width: int, other_copies: list[list[int]]) -> P
     return path
 
 
-def test_a_catalogue_adds_the_products_views_from_other_scenes_only(tmp_path: Path) -> None:
+def _catalogue_cases(tmp_path: Path) -> Path:
+    """Product "can" in three scene folders (s1, s2, s3), an anonymous box, and a qualitative case."""
     for folder in ("s1", "s2", "s3"):
-        (tmp_path / folder).mkdir()
+        (tmp_path / folder).mkdir(parents=True)
     for name in ("s1/a", "s1/b", "s2/c", "s3/d"):
         _write_png(tmp_path / f"{name}.png", (64, 48))
     can = {"box_id": "can", "product": "can", "source_box": [1, 1, 20, 20], "target_box": [2, 2, 20, 20]}
@@ -365,7 +366,11 @@ def test_a_catalogue_adds_the_products_views_from_other_scenes_only(tmp_path: Pa
         _case("look", "demo", "r", "s2/c.png", "s1/a.png", [{**can, "target_box": None}]),
     ]
     (tmp_path / "cases.json").write_text(json.dumps({"cases": cases}))
-    loaded = load_cases(tmp_path / "cases.json")
+    return tmp_path / "cases.json"
+
+
+def test_a_catalogue_adds_the_products_views_from_other_scenes_only(tmp_path: Path) -> None:
+    loaded = load_cases(_catalogue_cases(tmp_path))
     items = {item.item_id: item for item in with_catalogue(build_items(loaded), loaded)}
 
     def views(item_id: str) -> set[tuple[str, tuple[float, ...]]]:
@@ -391,3 +396,23 @@ def test_a_catalogue_adds_the_products_views_from_other_scenes_only(tmp_path: Pa
         assert all(v.path.parent != item.target_path.parent for v in item.views)
         assert (item.source_path, item.source_box) not in {(v.path, v.box) for v in item.views}
     assert all(item.views == () for item in build_items(loaded))
+
+
+def test_a_perturbed_set_keeps_its_target_photos_scenes_for_the_catalogue(tmp_path: Path) -> None:
+    """`perturb` moves every target photo into one folder; the catalogue must still exclude the target's own scene."""
+    original = _catalogue_cases(tmp_path / "set")
+    write_variant(original, tmp_path / "dim", "dim")
+
+    def views(cases_json: Path) -> dict[str, set[tuple[Path, tuple[float, ...]]]]:
+        loaded = load_cases(cases_json)
+        return {
+            item.item_id: {(v.folder.resolve(), v.box.as_xyxy()) for v in item.views}
+            for item in with_catalogue(build_items(loaded), loaded)
+        }
+
+    moved, kept = views(tmp_path / "dim" / "cases.json"), views(original)
+    # (A moved photo is no longer a source's own photo, so the moved set may ask more negatives.)
+    common = [item_id for item_id in kept if item_id in moved]
+    assert {i for i in common if i.startswith("pos:")} == {i for i in kept if i.startswith("pos:")}
+    assert all(moved[item_id] == kept[item_id] for item_id in common)
+    assert kept["pos:one:can"] and kept["pos:two:can"]
