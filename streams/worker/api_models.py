@@ -33,6 +33,13 @@ class SourceTagIn(_Body):
     bbox: BBoxIn
 
 
+class SourceImageIn(_Body):
+    """A further earlier photo with its tags (``more_sources``): the event's ``SourceImage`` shape."""
+
+    image_url: str = _URL
+    tags: list[SourceTagIn] = Field(min_length=1)
+
+
 class SuggestTagsRequest(_Body):
     source_image_url: str = _URL
     # At most the worker's TAGSTREAM_MAX_TAGS, checked by the handler (the limit is a setting).
@@ -44,6 +51,13 @@ class SuggestTagsRequest(_Body):
     # Not in the reference service, so its clients, which parse exactly its shapes, get exactly them.
     include_copies: bool = Field(
         False, description="Also answer every further copy of a found product (e.g. the other cans on a shelf)."
+    )
+    # Not in the reference service either. Bounded by TAGSTREAM_MAX_SOURCES (with source_image_url)
+    # and TAGSTREAM_MAX_TAGS (all tags together), checked by the handler.
+    more_sources: list[SourceImageIn] = Field(
+        default_factory=list,
+        description="Further earlier photos with their tags; a product tagged in several photos is answered from "
+        "the view that finds it. Suggestions follow source_tags, then these tags in order.",
     )
 
 

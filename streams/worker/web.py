@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import faust
@@ -72,28 +72,33 @@ class HttpApi:
 
     async def suggest_tags(self, request: web.Request) -> web.Response:
         body = await _parse(request, SuggestTagsRequest)
-        if len(body.source_tags) > self._limits.max_tags:
+        photos = _photos(body)
+        if len(photos) > self._limits.max_sources:
+            message = f"too_many_sources: {len(photos)} source images, limit {self._limits.max_sources}"
+            raise _unprocessable([_invalid(("more_sources",), message, "too_long")])
+        located = [(photo.field, index, tag) for photo in photos for index, tag in enumerate(photo.tags)]
+        if len(located) > self._limits.max_tags:
             # The worker's configured limit, the same one the stream applies to upload events.
-            message = f"too_many_tags: {len(body.source_tags)} tags, limit {self._limits.max_tags}"
-            raise _unprocessable([_invalid(("source_tags",), message, "too_long")])
+            message = f"too_many_tags: {len(located)} tags, limit {self._limits.max_tags}"
+            raise _unprocessable([_invalid((photos[-1].field[0],), message, "too_long")])
         # The stream's rules for a tag (inference.tags): here a bad tag fails the request, before any fetch.
-        tags = [SourceTag(tag.product_id, box, tag_error(tag.product_id, box)) for tag, box in _boxes(body)]
-        _refuse_bad_tags([tag.error for tag in tags])
+        tags = [SourceTag(tag.product_id, box, tag_error(tag.product_id, box)) for _, _, (tag, box) in located]
+        _refuse_bad_tags(located, [tag.error for tag in tags])
         engine = self._engine()
-        images = await engine.fetcher.fetch_many([body.source_image_url, body.target_image_url])
-        source = _fetched(images, body.source_image_url, "source_image_url")
+        images = await engine.fetcher.fetch_many([*(photo.url for photo in photos), body.target_image_url])
         target = _fetched(images, body.target_image_url, "target_image_url")
-        result = await engine.pipeline.match(
-            MatchRequest(
-                f"http-{uuid.uuid4()}",
-                target.pixels,
-                (SourceImage(body.source_image_url, source.pixels, tuple(tags), source.scale),),
-                body.similarity_threshold,
-                target.scale,
+        sources, start = [], 0
+        for photo in photos:
+            source = _fetched(images, photo.url, photo.url_field)
+            sources.append(
+                SourceImage(photo.url, source.pixels, tuple(tags[start : start + len(photo.tags)]), source.scale)
             )
+            start += len(photo.tags)
+        result = await engine.pipeline.match(
+            MatchRequest(f"http-{uuid.uuid4()}", target.pixels, tuple(sources), body.similarity_threshold, target.scale)
         )
         # Boxes that only the fetched image refutes (nothing of them inside it) are input errors too.
-        _refuse_bad_tags([match.error for match in result.matches])
+        _refuse_bad_tags(located, [match.error for match in result.matches])
         answer = SuggestionWithCopies if body.include_copies else Suggestion
         return _json(
             SuggestTagsResponse(
@@ -220,15 +225,37 @@ def _fetched(images: Mapping[str, DecodedImage | FetchError], url: str, field: s
     return image
 
 
-def _boxes(body: SuggestTagsRequest) -> list[tuple[SourceTagIn, BBox]]:
-    return [(tag, BBox(tag.bbox.x, tag.bbox.y, tag.bbox.width, tag.bbox.height)) for tag in body.source_tags]
+@dataclass(frozen=True)
+class _Photo:
+    """One source photo of a request with its tags and where the request names them (error locations)."""
+
+    url: str
+    url_field: str
+    field: tuple[str | int, ...]
+    tags: list[tuple[SourceTagIn, BBox]]
 
 
-def _refuse_bad_tags(errors: list[str | None]) -> None:
+def _photos(body: SuggestTagsRequest) -> list[_Photo]:
+    """``source_image_url`` with ``source_tags``, then each of ``more_sources``, in the order suggestions follow."""
+    first = _Photo(body.source_image_url, "source_image_url", ("source_tags",), _boxes(body.source_tags))
+    more = [
+        _Photo(photo.image_url, f"more_sources[{index}].image_url", ("more_sources", index, "tags"), _boxes(photo.tags))
+        for index, photo in enumerate(body.more_sources)
+    ]
+    return [first, *more]
+
+
+def _boxes(tags: list[SourceTagIn]) -> list[tuple[SourceTagIn, BBox]]:
+    return [(tag, BBox(tag.bbox.x, tag.bbox.y, tag.bbox.width, tag.bbox.height)) for tag in tags]
+
+
+def _refuse_bad_tags(
+    located: list[tuple[tuple[str | int, ...], int, tuple[SourceTagIn, BBox]]], errors: list[str | None]
+) -> None:
     """422 naming each tag that cannot be answered, at its product id or its box."""
     refused = [
-        _invalid(("source_tags", index, "product_id" if error.startswith("empty_product_id") else "bbox"), error)
-        for index, error in enumerate(errors)
+        _invalid((*field, index, "product_id" if error.startswith("empty_product_id") else "bbox"), error)
+        for (field, index, _), error in zip(located, errors, strict=True)
         if error is not None
     ]
     if refused:

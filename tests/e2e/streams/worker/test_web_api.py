@@ -200,6 +200,72 @@ def test_suggest_tags_answers_every_copy_of_a_product_when_asked(
     assert found >= 1, "the demo upload should contain at least one product of the source"
 
 
+def test_suggest_tags_answers_a_product_from_every_photo_it_was_tagged_in(
+    api: WebWorker, demo_set: DemoSet, tmp_path: Path
+) -> None:
+    """``more_sources``: a product tagged on noise (a view that cannot find it) and in its real photo."""
+    upload = "upload-01"
+    truth = demo_set.ground_truth[upload]
+    source, tags = next(iter(demo_set.source_tags.items()))
+    present = next(t for t in tags if truth[t.product_id] is not None)
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(
+        tmp_path / "noise.png"
+    )
+    Image.fromarray(demo_set.sources[source]).save(tmp_path / "source.png")
+    Image.fromarray(demo_set.uploads[upload]).save(tmp_path / "upload.png")
+    blind = [{"product_id": present.product_id, "bbox": {"x": 40, "y": 40, "width": 200, "height": 150}}]
+    with ImageServer(tmp_path) as server:
+        body = {
+            "source_image_url": server.url("noise.png"),
+            "source_tags": blind,
+            "target_image_url": server.url("upload.png"),
+        }
+        alone = api.post(SUGGEST, body)
+        pooled = api.post(
+            SUGGEST,
+            body
+            | {
+                "more_sources": [
+                    {
+                        "image_url": server.url("source.png"),
+                        "tags": [{"product_id": present.product_id, "bbox": _box(present.bbox)}],
+                    }
+                ]
+            },
+        )
+
+    assert alone.status_code == 200 and pooled.status_code == 200, (alone.text, pooled.text)
+    assert alone.json()["suggestions"][0]["found"] is False
+    first, second = pooled.json()["suggestions"]
+    assert first == second and first["found"] is True and first["product_id"] == present.product_id
+    assert BBox(**first["suggested_bbox"]).iou(truth[present.product_id]) > 0.5  # type: ignore[arg-type]
+    reference_api.SuggestTagsResponse.model_validate(pooled.json())
+
+
+def test_more_sources_count_against_the_source_and_tag_limits_and_name_their_bad_tags(api: WebWorker) -> None:
+    unreachable = f"http://127.0.0.1:{free_port()}/gone.png"
+    body = {"source_image_url": unreachable, "target_image_url": unreachable, "source_tags": _tag()}
+    more = [{"image_url": unreachable, "tags": _tag()}]
+
+    too_many_sources = api.post(SUGGEST, {**body, "more_sources": more * 16})  # 17 photos, limit 16
+    tags = [{"product_id": f"sku-{i}", "bbox": _tag()[0]["bbox"]} for i in range(API_MAX_TAGS)]
+    too_many_tags = api.post(SUGGEST, {**body, "more_sources": [{"image_url": unreachable, "tags": tags}]})
+    bad_tag = api.post(SUGGEST, {**body, "more_sources": [*more, {"image_url": unreachable, "tags": _tag(height=-5)}]})
+    fine = api.post(SUGGEST, {**body, "more_sources": more * 15})
+
+    assert too_many_sources.status_code == 422 and too_many_tags.status_code == 422, too_many_sources.text
+    assert [e["loc"] for e in too_many_sources.json()["detail"]] == [["body", "more_sources"]]
+    (error,) = too_many_tags.json()["detail"]
+    assert error["loc"] == ["body", "more_sources"] and error["msg"].startswith(
+        f"too_many_tags: {API_MAX_TAGS + 1} tags"
+    )
+    assert bad_tag.status_code == 422, bad_tag.text
+    assert [e["loc"] for e in bad_tag.json()["detail"]] == [["body", "more_sources", 1, "tags", 0, "bbox"]]
+    # Within the limits the request gets as far as fetching (the image host is down: 400).
+    assert fine.status_code == 400, fine.text
+    assert "could not fetch" in fine.json()["detail"]
+
+
 def test_detect_returns_detections_filtered_by_class(api: WebWorker, image_server: ImageServer) -> None:
     url = image_server.url("upload-01.png")
     everything = api.post(DETECT, {"image_url": url, "confidence_threshold": 0.0})
