@@ -39,7 +39,7 @@ for CLIP-only matches (the reference service's meaning).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from inference.config import SearchConfig
 from inference.types import BBox, Copy, Detection, Method, TagMatch
@@ -103,20 +103,43 @@ def decide(
     )
 
 
-def pool_views(matches: Sequence[TagMatch]) -> list[TagMatch]:
+def pool_views(matches: Sequence[TagMatch], max_copies: int, max_copy_overlap: float) -> list[TagMatch]:
     """``matches`` in order, each tag of a product answered with the best found answer among its views.
 
     The best answer is the geometric one of highest confidence, else the CLIP one of highest
     similarity: geometry's box is the one the evidence supports (rule 1 above), and the two
-    confidences are on different scales. A product no view found keeps each tag's own verdict
-    (its confidence is that view's), and a tag whose own input was bad keeps its error: its
-    box, not the product, is what failed.
+    confidences are on different scales. A place another view found geometrically that the
+    best answer does not cover (a second can turned the other way, which only a photo of that
+    side finds) joins its copies, by the verifier's rules for copies: at most ``max_copies``,
+    none sharing more than ``max_copy_overlap`` of a box found before (`GeometryConfig`). A
+    product no view found keeps each tag's own verdict (its confidence is that view's), and a
+    tag whose own input was bad keeps its error: its box, not the product, is what failed.
     """
-    best: dict[str, TagMatch] = {}
+    views: dict[str, list[TagMatch]] = {}
     for match in matches:
-        if match.found and (match.product_id not in best or _rank(match) > _rank(best[match.product_id])):
-            best[match.product_id] = match
-    return [best.get(match.product_id, match) if match.method is not Method.INVALID else match for match in matches]
+        if match.found:
+            views.setdefault(match.product_id, []).append(match)
+    pooled = {
+        product: _with_other_places(sorted(found, key=_rank, reverse=True), max_copies, max_copy_overlap)
+        for product, found in views.items()
+    }
+    return [pooled.get(match.product_id, match) if match.method is not Method.INVALID else match for match in matches]
+
+
+def _with_other_places(ranked: Sequence[TagMatch], max_copies: int, max_copy_overlap: float) -> TagMatch:
+    """The best of ``ranked`` (best first), with the places only the other views' geometric answers found as copies."""
+    best = ranked[0]
+    if best.bbox is None:
+        return best
+    copies, boxes = list(best.copies), [best.bbox, *(copy.bbox for copy in best.copies)]
+    for other in ranked[1:]:
+        if other.method is not Method.GEOMETRIC or other.bbox is None:
+            continue
+        for place in (Copy(other.bbox, other.confidence), *other.copies):
+            if len(copies) < max_copies and all(place.bbox.overlap(box) <= max_copy_overlap for box in boxes):
+                copies.append(place)
+                boxes.append(place.bbox)
+    return replace(best, copies=tuple(copies))
 
 
 def _rank(match: TagMatch) -> tuple[bool, float]:

@@ -586,7 +586,7 @@ class GeometricVerifier:
                 break
             rest = Correspondences(everything.source[elsewhere], everything.target[elsewhere])
             copy = self.fit(rest, found.source, target, source_box)
-            if copy is None or any(_overlap(copy.bbox, box) > cfg.max_copy_overlap for box in boxes):
+            if copy is None or any(copy.bbox.overlap(box) > cfg.max_copy_overlap for box in boxes):
                 break
             copies.append(copy)
             boxes.append(copy.bbox)
@@ -1020,13 +1020,6 @@ def _supported_region(points: DoubleArray, box: BBox, reach: float) -> DoubleArr
     supported = corners[distance <= reach * math.hypot(box.width, box.height)]
     hull = cv2.convexHull(np.vstack([ellipse, points, supported]).astype(np.float32)).reshape(-1, 2)
     return np.asarray(hull, dtype=np.float64)
-
-
-def _overlap(box: BBox, other: BBox) -> float:
-    """The area the two boxes share, over the smaller one's: 1 when one holds the other."""
-    shared = BBox.from_xyxy(max(box.x, other.x), max(box.y, other.y), min(box.x2, other.x2), min(box.y2, other.y2))
-    smaller = min(box.area, other.area)
-    return shared.area / smaller if smaller > 0 else 0.0
 
 
 def _distinct(points: DoubleArray, cell: float) -> int:

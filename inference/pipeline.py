@@ -361,7 +361,10 @@ class Pipeline:
             if request.target_scale != 1.0:
                 match = match.scaled(1.0 / request.target_scale)
             results[job.request_index].append(match)
-        return [pool_views(matches) for matches in results] if self.config.search.pool_views else results
+        if not self.config.search.pool_views:
+            return results
+        geometry = self.verifier.config
+        return [pool_views(matches, geometry.max_copies, geometry.max_copy_overlap) for matches in results]
 
 
 def _tag_jobs(index: int, request: MatchRequest) -> Iterator[_TagJob]:

@@ -59,6 +59,14 @@ class BBox:
         y2 = min(max(self.y2, 0.0), float(height))
         return BBox.from_xyxy(x1, y1, x2, y2)
 
+    def overlap(self, other: BBox) -> float:
+        """The area the two boxes share, over the smaller one's: 1 when one holds the other."""
+        shared = BBox.from_xyxy(
+            max(self.x, other.x), max(self.y, other.y), min(self.x2, other.x2), min(self.y2, other.y2)
+        )
+        smaller = min(self.area, other.area)
+        return shared.area / smaller if smaller > 0 else 0.0
+
     def iou(self, other: BBox) -> float:
         ix = max(0.0, min(self.x2, other.x2) - max(self.x, other.x))
         iy = max(0.0, min(self.y2, other.y2) - max(self.y, other.y))

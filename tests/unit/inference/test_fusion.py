@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from inference.config import SearchConfig
@@ -45,15 +47,30 @@ def test_every_view_of_a_product_gets_its_best_found_answer() -> None:
         _match("can", Method.CLIP, 0.97, far),
         _match("box", Method.GEOMETRIC, 0.8, far),
         _match("can", Method.GEOMETRIC, 0.85, near),
-        _match("can", Method.GEOMETRIC, 0.8, far),
+        _match("can", Method.GEOMETRIC, 0.8, BBox(52, 48, 20, 20)),
     ]
 
-    pooled = pool_views(views)
+    pooled = pool_views(views, 8, 0.25)
 
-    # Geometry outranks a CLIP cosine, whatever the numbers; among geometric answers, the surer one.
+    # Geometry outranks a CLIP cosine, whatever the numbers; among geometric answers, the surer
+    # one. The two geometric answers land on the same can: no copy.
     assert [m.product_id for m in pooled] == ["can", "can", "box", "can", "can"]
     assert [pooled[i] for i in (0, 1, 3, 4)] == [views[3]] * 4
     assert pooled[2] == views[2]
+
+
+def test_places_only_other_views_found_become_copies_by_the_verifiers_rules() -> None:
+    first, second, third = BBox(0, 0, 20, 20), BBox(100, 0, 20, 20), BBox(200, 0, 20, 20)
+    best = replace(_match("can", Method.GEOMETRIC, 0.9, first), copies=(Copy(second, 0.88),))
+    back = replace(_match("can", Method.GEOMETRIC, 0.8, third), copies=(Copy(BBox(104, 0, 20, 20), 0.79),))
+    clip = _match("can", Method.CLIP, 0.99, BBox(300, 0, 20, 20))
+
+    pooled = pool_views([back, clip, best], 8, 0.25)
+    capped = pool_views([back, clip, best], 1, 0.25)
+
+    # The back view's can is new; its copy is the best view's second can again; CLIP boxes never join.
+    assert pooled == [replace(best, copies=(Copy(second, 0.88), Copy(third, 0.8)))] * 3
+    assert capped[0].copies == (Copy(second, 0.88),)
 
 
 def test_a_product_no_view_found_keeps_each_views_verdict_and_bad_tags_keep_their_error() -> None:
@@ -64,8 +81,8 @@ def test_a_product_no_view_found_keeps_each_views_verdict_and_bad_tags_keep_thei
         _match("box", Method.GEOMETRIC, 0.9, BOX),
     ]
 
-    assert pool_views(views) == [views[0], views[1], views[2], views[3]]
-    assert pool_views(views[:1]) == views[:1]
+    assert pool_views(views, 8, 0.25) == [views[0], views[1], views[2], views[3]]
+    assert pool_views(views[:1], 8, 0.25) == views[:1]
 
 
 def test_clip_alone_needs_threshold_and_standout() -> None:
