@@ -9,6 +9,10 @@ body dies half-way, take's ack drops the count to one, never zero: the offset is
 and the event is consumed again after a restart (at-least-once; duplicates are possible,
 losses are not). ``take_events`` is used instead of ``take`` because dead letters need each
 event's topic, partition, offset and raw key.
+
+Batches finish out of order (two are in flight), so the releasing acks go through
+:class:`~streams.worker.acks.OrderedAcks`: an event is acked only after every event taken
+before it from its partition is answered, else Faust could commit past an upload still in hand.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 from faust.types import EventT, StreamT
 
 from streams.metrics import Metrics
+from streams.worker.acks import OrderedAcks
 from streams.worker.engine import ModelsUnavailable
 from streams.worker.health import Progress
 from streams.worker.processor import Inbound, Outbound, SuggestionProcessor
@@ -73,6 +78,7 @@ class SuggestAgent:
             self._on_fatal(exc)
             return
         slots = asyncio.Semaphore(self._batches_in_flight)
+        acks = OrderedAcks(stream.ack)
         running: set[asyncio.Task[None]] = set()
         # take_events is on faust.Stream but missing from its StreamT interface.
         batches = cast(faust.Stream, stream).take_events(self._max_batch, within=self._max_wait_s)
@@ -80,9 +86,10 @@ class SuggestAgent:
             async for events in batches:
                 for event in events:
                     event.message.incref()
+                acks.taken(events)
                 self._progress.taken(len(events))
                 await slots.acquire()
-                task = asyncio.create_task(self._handle(stream, processor, events))
+                task = asyncio.create_task(self._handle(acks, processor, events))
                 running.add(task)
                 task.add_done_callback(running.discard)
                 task.add_done_callback(lambda _: slots.release())
@@ -92,7 +99,7 @@ class SuggestAgent:
             for task in running:
                 task.cancel()
 
-    async def _handle(self, stream: StreamT, processor: SuggestionProcessor, events: Sequence[EventT]) -> None:
+    async def _handle(self, acks: OrderedAcks, processor: SuggestionProcessor, events: Sequence[EventT]) -> None:
         received_at = datetime.now(timezone.utc)
         self._metrics.events_consumed.inc(len(events))
         self._metrics.batch_size.observe(len(events))
@@ -117,9 +124,9 @@ class SuggestAgent:
             try:
                 for event, delivered in zip(events, deliveries, strict=True):
                     await delivered
-                    await stream.ack(event)
                     answered += 1
                     self._progress.answered()
+                    await acks.answered(event)
             finally:
                 for delivery in deliveries:
                     delivery.cancel()
@@ -193,7 +200,8 @@ def _report_crash(task: asyncio.Task[None]) -> None:
     """A batch task that raised left its events unacknowledged: say so loudly.
 
     The processor turns every known failure into a dead letter, so this is a bug; the events
-    are not lost (their offsets cannot be committed) and are consumed again after a restart.
+    are not lost (neither their offsets nor those of later events of their partitions can be
+    committed) and are consumed again after a restart.
     """
     if not task.cancelled() and task.exception() is not None:
         log.error("batch task failed; its events stay uncommitted until restart", exc_info=task.exception())

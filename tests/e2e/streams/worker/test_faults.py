@@ -27,7 +27,7 @@ from support.brokers import Broker, new_broker
 from support.hostile_http import HostileServer, delayed, flaky, stall, status
 from support.processes import WorkerFactory
 from support.reliability_report import report
-from support.streams import collect, upload_records
+from support.streams import collect, committed_offset, create_topics, upload_records
 from support.web_worker import sample, start_web_worker
 
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, encode
@@ -136,6 +136,53 @@ def test_broker_frozen_mid_stream(
         0,
         duplicates=len(raw) - len(answered),
         first_wave_finished_after_thaw=len(after_thaw),
+    )
+
+
+def test_a_batch_finishing_before_an_earlier_one_commits_nothing_past_it(
+    broker: Broker, workers: WorkerFactory, image_server: ImageServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Batches finish out of order: a later batch's answer must not commit an earlier upload away.
+
+    Upload A's image hangs, so its batch is still fetching when B's batch, taken after it from
+    the same partition, is answered. Faust commits the offsets that it was told are done, and
+    with A missing just past the last commit it commits past A (it checks for a gap of more
+    than one offset). A worker killed then lost A for good: its successor started after it.
+    Acks are therefore released in each partition's order, and A must come through here.
+    """
+    uploads, suggestions, _ = _topics("outoforder")
+    create_topics(broker, [uploads], partitions=1)
+    with HostileServer() as host:
+        host.routes["/hung.png"] = stall(600)
+        records = [
+            {"upload_id": "outoforder-a", "target_image_url": host.url("/hung.png"), "sources": []},
+            {"upload_id": "outoforder-b", "target_image_url": image_server.url("upload-01.png"), "sources": []},
+        ]
+        first, later = asyncio.run(produce_uploads(broker.url, uploads, records))
+        hung = workers.start(
+            "outoforder",
+            "outoforder",
+            TAGSTREAM_MAX_BATCH="1",
+            TAGSTREAM_FETCH__READ_TIMEOUT_S="300",
+            **TRIVIAL,
+        )
+        assert _wait_ids(broker, suggestions, {later["event_id"]}, timeout_s=120) == {later["event_id"]}
+        time.sleep(3)  # three commit intervals: time for a wrong commit to happen
+        committed = committed_offset(broker, "outoforder", uploads)
+        hung.kill()
+        host.routes["/hung.png"] = status(200, _png(), "image/png")
+        workers.start("outoforder", "outoforder", TAGSTREAM_MAX_BATCH="1", **TRIVIAL)
+        answered = _wait_ids(broker, suggestions, {first["event_id"], later["event_id"]}, timeout_s=120)
+
+    assert committed in (None, 0), f"committed past the unanswered upload: {committed}"
+    assert first["event_id"] in answered, "the upload in hand when its worker died was never answered"
+    report(
+        tmp_path_factory,
+        "a later batch answered while an earlier one hangs on its image, then SIGKILL",
+        2,
+        len(answered),
+        0,
+        committed_offset_before_the_kill=committed,
     )
 
 
