@@ -18,6 +18,7 @@ before it from its partition is answered, else Faust could commit past an upload
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
@@ -53,7 +54,10 @@ class SuggestAgent:
         on_fatal: Callable[[BaseException], None],
         batches_in_flight: int = 2,
     ) -> None:
-        """``on_fatal`` is called, instead of consuming, when the models cannot be loaded at all."""
+        """``on_fatal`` stops the worker: called when the models cannot be loaded at all, and when a
+        batch failed in a way that no dead letter covers (a bug), since nothing after its events
+        can be acked then (see :meth:`OrderedAcks.abandon`)."""
+        self._app = app
         self._outputs = outputs
         self._processor = processor
         self._max_batch = max_batch
@@ -93,7 +97,10 @@ class SuggestAgent:
                 running.add(task)
                 task.add_done_callback(running.discard)
                 task.add_done_callback(lambda _: slots.release())
-                task.add_done_callback(_report_crash)
+                task.add_done_callback(functools.partial(self._batch_done, acks))
+        except Exception as exc:
+            # Faust would restart the agent with new acks, blind to the batches cancelled below.
+            self._give_up(acks, exc)
         finally:
             # Unfinished batches stay unacknowledged, so they are consumed again after a restart.
             for task in running:
@@ -131,8 +138,25 @@ class SuggestAgent:
                 for delivery in deliveries:
                     delivery.cancel()
         finally:
-            # Cancelled (a rebalance, a shutdown): the rest come again, they are no longer in hand.
+            # Cancelled (a shutdown): the rest come again, they are no longer in hand.
             self._progress.dropped(len(events) - answered)
+
+    def _batch_done(self, acks: OrderedAcks, task: asyncio.Task[None]) -> None:
+        """A batch task that raised stops the worker.
+
+        The processor turns every known failure into a dead letter, so this is a bug. Its
+        events are not lost: nothing from their partitions is acked any more, and they are
+        consumed again from the last commit by the worker that takes the partitions over.
+        """
+        if not task.cancelled() and task.exception() is not None:
+            self._give_up(acks, cast(BaseException, task.exception()))
+
+    def _give_up(self, acks: OrderedAcks, error: BaseException) -> None:
+        log.error("batch handling failed; stopping the worker, unacked events will be consumed again", exc_info=error)
+        acks.abandon()
+        # Faust's stop waits until every message in hand is acked, which none will be any more.
+        self._app.conf.stream_wait_empty = False
+        self._on_fatal(error)
 
     async def _deliver(
         self, processor: SuggestionProcessor, message: Inbound, outcome: Outbound, produced_at: float | None
@@ -194,14 +218,3 @@ def _too_large(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    """A batch task that raised left its events unacknowledged: say so loudly.
-
-    The processor turns every known failure into a dead letter, so this is a bug; the events
-    are not lost (neither their offsets nor those of later events of their partitions can be
-    committed) and are consumed again after a restart.
-    """
-    if not task.cancelled() and task.exception() is not None:
-        log.error("batch task failed; its events stay uncommitted until restart", exc_info=task.exception())

@@ -49,7 +49,7 @@ class Progress:
         self.last_moved = time.monotonic()
 
     def dropped(self, events: int) -> None:
-        """Events let go unanswered (a batch cancelled at a rebalance or shutdown): they come again."""
+        """Events let go unanswered (a batch cancelled at a shutdown, or one that failed): they come again."""
         self.in_flight -= events
 
 

@@ -17,7 +17,7 @@ from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.worker.agent import SuggestAgent
 from streams.worker.app import create_app, raw_topic
-from streams.worker.engine import EngineProvider
+from streams.worker.engine import EngineProvider, ModelsUnavailable
 from streams.worker.health import BrokerProbe, Health, Progress
 from streams.worker.processor import RetryPolicy, SuggestionProcessor, Topics
 from streams.worker.web import HttpApi, install_http_api, observe_requests
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 EXIT_MODELS_UNAVAILABLE = 3
 """The worker's exit status when its models could not be loaded within ``model_load_attempts``."""
+EXIT_BATCH_FAILED = 4
+"""The worker's exit status when handling a batch failed in a way no dead letter covers (a bug)."""
 
 
 class ProcessorProvider:
@@ -61,7 +63,7 @@ class ProcessorProvider:
 
 class FatalStop:
     """A condition the worker cannot recover from: stop as on SIGTERM (leaving the group, so the
-    partitions move to a worker that can answer them), then exit with :data:`EXIT_MODELS_UNAVAILABLE`."""
+    partitions move to a worker that can answer them), then exit with :attr:`exit_status`."""
 
     def __init__(self) -> None:
         self.reason: BaseException | None = None
@@ -71,6 +73,10 @@ class FatalStop:
             self.reason = reason
             log.critical("stopping the worker: %s", reason)
             os.kill(os.getpid(), signal.SIGTERM)
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_MODELS_UNAVAILABLE if isinstance(self.reason, ModelsUnavailable) else EXIT_BATCH_FAILED
 
 
 def build_worker_app(settings: Settings, on_fatal: Callable[[BaseException], None]) -> faust.App:
@@ -162,7 +168,7 @@ def run_worker(settings: Settings) -> None:
         worker.execute_from_commandline()
     except SystemExit:
         if fatal.reason is not None:
-            raise SystemExit(EXIT_MODELS_UNAVAILABLE) from None
+            raise SystemExit(fatal.exit_status) from None
         raise
 
 

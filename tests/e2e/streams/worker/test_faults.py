@@ -32,6 +32,7 @@ from support.web_worker import sample, start_web_worker
 
 from schemas import DEAD_LETTER, IMAGE_UPLOADED, encode
 from streams.kafka import complete_upload, produce_uploads
+from streams.worker.service import EXIT_BATCH_FAILED
 from workbench.image_server import ImageServer
 from workbench.scenes import DemoSet
 
@@ -163,6 +164,7 @@ def test_a_batch_finishing_before_an_earlier_one_commits_nothing_past_it(
             "outoforder",
             "outoforder",
             TAGSTREAM_MAX_BATCH="1",
+            TAGSTREAM_BATCHES_IN_FLIGHT="2",
             TAGSTREAM_FETCH__READ_TIMEOUT_S="300",
             **TRIVIAL,
         )
@@ -183,6 +185,56 @@ def test_a_batch_finishing_before_an_earlier_one_commits_nothing_past_it(
         len(answered),
         0,
         committed_offset_before_the_kill=committed,
+    )
+
+
+def test_a_batch_that_fails_past_every_handler_stops_the_worker_and_loses_nothing(
+    broker: Broker, workers: WorkerFactory, image_server: ImageServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A batch task that raises (a bug: the processor dead-letters every error it knows) stops the worker.
+
+    Its events can never be answered by that worker, so nothing after them may be acked (Faust
+    would commit past them), and held they would keep Faust's ``wait_empty`` from ever letting
+    the worker stop or rebalance. The worker leaves and exits with status 4; the next worker
+    consumes from the last commit, which is not past the failed event, and answers everything.
+    """
+    uploads, suggestions, _ = _topics("crashing")
+    create_topics(broker, [uploads], partitions=1)
+    target = image_server.url("upload-01.png")
+    records = [
+        {
+            "upload_id": f"crashing-{i}",
+            "event_id": f"crash-{uuid.uuid4()}" if i == 2 else str(uuid.uuid4()),
+            "target_image_url": target,
+            "sources": [],
+        }
+        for i in range(6)
+    ]
+    sent = asyncio.run(produce_uploads(broker.url, uploads, records))
+    crashing = workers.start(
+        "crashing",
+        "crashing",
+        TAGSTREAM_PIPELINE_FACTORY="support.pipelines.crashing:build",
+        TAGSTREAM_MAX_BATCH="1",
+        TAGSTREAM_BATCHES_IN_FLIGHT="2",
+    )
+    status = crashing.process.wait(timeout=120)
+    committed = committed_offset(broker, "crashing", uploads)
+    workers.start("crashing", "crashing", TAGSTREAM_MAX_BATCH="1", **TRIVIAL)
+    answered = _wait_ids(broker, suggestions, {e["event_id"] for e in sent}, timeout_s=120)
+
+    assert status == EXIT_BATCH_FAILED, crashing.output()[-3000:]
+    assert "injected bug on crash-" in crashing.output()
+    assert committed is None or committed <= 2, f"committed past the failed upload (offset 2): {committed}"
+    assert answered == {e["event_id"] for e in sent}
+    report(
+        tmp_path_factory,
+        "a batch task raising past every handler (injected BaseException)",
+        len(sent),
+        len(answered),
+        0,
+        exit_status=status,
+        committed_offset_at_exit=committed,
     )
 
 

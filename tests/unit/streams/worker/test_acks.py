@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -83,3 +85,22 @@ def test_an_unanswered_event_holds_back_only_what_came_after_it_in_its_partition
 
     asyncio.run(run())
     assert _offsets(acked) == [(0, 0)]  # 1 never answered (a crashed batch): 2 and 3 stay unacked too
+
+
+def test_abandoned_acks_ack_nothing_more_and_hold_no_event() -> None:
+    acks, acked = _recorder()
+    first, _never_answered, later = _events("t", 0, range(0, 3))
+    acks.taken([first, _never_answered, later])
+    watched = weakref.ref(later)
+
+    async def run(answered_first: EventT, answered_later: EventT) -> None:
+        await acks.answered(answered_first)
+        acks.abandon()
+        await acks.answered(answered_later)
+        acks.taken(_events("t", 0, range(3, 4)))
+
+    asyncio.run(run(first, later))
+    assert _offsets(acked) == [(0, 0)]
+    del later
+    gc.collect()
+    assert watched() is None  # Faust's wait_empty waits only for messages something still holds
