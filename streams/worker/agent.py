@@ -101,6 +101,9 @@ class SuggestAgent:
         except Exception as exc:
             # Faust would restart the agent with new acks, blind to the batches cancelled below.
             self._give_up(acks, exc)
+            # Returning would close take_events, which turns Faust's own acking back on: what the
+            # stream reads until the stop would be acked unprocessed. Wait for the stop instead.
+            await asyncio.Event().wait()
         finally:
             # Unfinished batches stay unacknowledged, so they are consumed again after a restart.
             for task in running:
@@ -138,14 +141,14 @@ class SuggestAgent:
                 for delivery in deliveries:
                     delivery.cancel()
         finally:
-            # Cancelled (a shutdown): the rest come again, they are no longer in hand.
+            # Cancelled at a shutdown, or failed: the rest come again, they are no longer in hand.
             self._progress.dropped(len(events) - answered)
 
     def _batch_done(self, acks: OrderedAcks, task: asyncio.Task[None]) -> None:
         """A batch task that raised stops the worker.
 
         The processor turns every known failure into a dead letter, so this is a bug. Its
-        events are not lost: nothing from their partitions is acked any more, and they are
+        events are not lost: nothing is acked any more (in any partition), and they are
         consumed again from the last commit by the worker that takes the partitions over.
         """
         if not task.cancelled() and task.exception() is not None:
