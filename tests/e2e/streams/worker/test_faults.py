@@ -188,6 +188,59 @@ def test_a_batch_finishing_before_an_earlier_one_commits_nothing_past_it(
     )
 
 
+def test_a_worker_stopped_with_uploads_in_hand_and_in_its_buffer_commits_none_of_them(
+    broker: Broker,
+    workers: WorkerFactory,
+    demo_set: DemoSet,
+    image_server: ImageServer,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """SIGTERM (a deploy, a scale-in) while batches are in hand and more uploads wait in Faust's buffer.
+
+    The worker drains what it holds (the pipeline is let go two seconds after the signal) and
+    stops. Faust skips the buffered events it will not hand over any more and marks each as
+    done; the commit must still stop at the first upload that was not answered, because the
+    successor starts there.
+    """
+    uploads, suggestions, _ = _topics("graceful")
+    create_topics(broker, [uploads], partitions=1)
+    gate = tmp_path / "open"
+    stopping = start_web_worker(
+        workers,
+        "graceful",
+        TAGSTREAM_PIPELINE_FACTORY="support.pipelines.blocking:build",
+        BLOCKING_PIPELINE_OPEN=str(gate),
+        TAGSTREAM_MAX_BATCH="2",
+        TAGSTREAM_BATCHES_IN_FLIGHT="2",
+    )
+    stopping.wait_for("/ready", 200, timeout_s=120)
+    sent = asyncio.run(produce_uploads(broker.url, uploads, _many(demo_set, image_server, "graceful", 20)))
+    time.sleep(5)  # two batches taken and blocked; the rest of the fetch waits in the buffer
+    stopping.process.process.terminate()
+    time.sleep(2)
+    gate.touch()
+    stopping.process.process.wait(timeout=60)
+    committed = committed_offset(broker, "graceful", uploads) or 0
+    answered_before = _ids(collect(broker, suggestions, 100_000, timeout_s=3))
+    workers.start("graceful", "graceful", **TRIVIAL)
+    answered = _wait_ids(broker, suggestions, {e["event_id"] for e in sent}, timeout_s=120)
+
+    # One partition: the i-th upload sent is at offset i.
+    unanswered_but_committed = [e["upload_id"] for e in sent[:committed] if e["event_id"] not in answered_before]
+    assert not unanswered_but_committed, f"committed {committed}, unanswered: {unanswered_but_committed}"
+    assert len(answered) == len(sent)
+    report(
+        tmp_path_factory,
+        "SIGTERM with two batches blocked in the pipeline and the rest buffered",
+        len(sent),
+        len(answered),
+        0,
+        committed_offset_after_the_stop=committed,
+        answered_before_the_stop=len(answered_before),
+    )
+
+
 def test_a_batch_that_fails_past_every_handler_stops_the_worker_and_loses_nothing(
     broker: Broker, workers: WorkerFactory, image_server: ImageServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
