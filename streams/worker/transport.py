@@ -7,7 +7,8 @@ development and test broker) adds up to that much to every event's latency: with
 the largest part of the end-to-end latency here.
 
 The consumer also refuses the acks of events the stream skipped instead of handing them over
-(`_Consumer.ack`). Nothing else of the transport changes.
+(`_Consumer.ack`), which Faust's pure-Python stream iterator sends. Nothing else of the
+transport changes.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ class _Consumer(faust_aiokafka.Consumer):
     def ack(self, message: Message) -> bool:
         """Count ``message`` as done only if the stream handed it over (Faust's ``message.tracked``).
 
-        A stream skips, and acks, the events it will not hand over: those fetched before a
-        rebalance (an older consumer generation) and those read while the flow is paused. After
-        a rebalance the consumer reads them again from the committed offset, but their offsets
-        would already count as done, and once a revocation has cleared the partition's
-        committed offset Faust commits any run of acked offsets without looking for a gap: the
-        commit could pass a re-read copy still in hand, which a crash would then lose. An
-        event the stream never handed over was not answered, so it is left to be read again.
+        A stream skips the events it will not hand over: those fetched before a rebalance (an
+        older consumer generation) and those read while the flow is paused; the consumer reads
+        them again from the committed offset. Faust's compiled stream iterator (the Cython
+        extension of its Linux wheels) leaves them unacked, but its pure-Python one (``NO_CYTHON``,
+        or an install without the extension) acks them. Once a revocation has cleared the
+        partition's committed offset, Faust commits any run of acked offsets without looking for
+        a gap, so such acks could commit past events nobody answered, and the re-read would
+        start after them. Refusing them here makes both iterators safe.
         """
         if not message.tracked:
             return False
