@@ -199,9 +199,9 @@ def test_a_worker_stopped_with_uploads_in_hand_and_in_its_buffer_commits_none_of
     """SIGTERM (a deploy, a scale-in) while batches are in hand and more uploads wait in Faust's buffer.
 
     The worker drains what it holds (the pipeline is let go two seconds after the signal) and
-    stops. Faust skips the buffered events it will not hand over any more and marks each as
-    done; the commit must still stop at the first upload that was not answered, because the
-    successor starts there.
+    stops. Faust skips the buffered events it will not hand over any more (its pure-Python
+    stream iterator also acks them, see ``streams/worker/transport.py``); the commit must still
+    stop at the first upload that was not answered, because the successor starts there.
     """
     uploads, suggestions, _ = _topics("graceful")
     create_topics(broker, [uploads], partitions=1)
