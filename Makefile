@@ -5,8 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 UV_CACHE_DIR ?= $(HOME)/.cache/uv
 export UV_CACHE_DIR
-# Hard links need the cache and the venv on one filesystem; copying always works.
-export UV_LINK_MODE ?= copy
+# Hard links from the cache: torch and its CUDA libraries are about 6 GB, and a copied venv per
+# clone fills a CI disk (a fresh-clone CI failed so). Where the cache and the venv are on different
+# filesystems uv falls back to copying on its own.
+export UV_LINK_MODE ?= hardlink
 
 .PHONY: install run test test-kafka soak lint typecheck check clean
 
