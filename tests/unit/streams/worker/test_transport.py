@@ -1,4 +1,4 @@
-"""The worker's Faust consumer counts no ack for an event its stream skipped instead of handing it over."""
+"""The worker's Faust consumer: no ack for an event its stream skipped, and every skipped event read again."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import faust.streams
 import pytest
+from aiokafka import TopicPartition
 from faust.events import Event
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
@@ -54,3 +55,40 @@ def test_an_event_skipped_as_of_an_older_consumer_generation_is_not_counted_done
 
     assert handed == [b"new"]
     assert 0 not in acked, "the skipped event's offset counts as done"
+
+
+class _ThreeAssignedPartitions:
+    """The aiokafka consumer thread's side of a seek, for three assigned partitions: never committed, at 0, at 7.
+
+    It answers ``seek_to_committed`` as aiokafka does (None where nothing was committed; it
+    seeks only offsets above 0 itself) and records which partitions are sent back to their first offset.
+    """
+
+    partitions = tuple(TopicPartition(UPLOADS, p) for p in range(3))
+
+    def __init__(self) -> None:
+        self.rewound: list[TopicPartition] = []
+
+    async def seek_to_committed(self) -> dict[TopicPartition, int | None]:
+        never, zero, seven = self.partitions
+        return {never: None, zero: 0, seven: 7}
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        self.rewound.extend(partitions)
+
+
+def test_faust_s_seek_back_to_the_committed_offsets_rewinds_partitions_nobody_committed(tmp_path: Path) -> None:
+    """Faust discards what it fetched while its flow was stopped and seeks back to the committed offsets to read it again.
+
+    A partition without a committed offset (its last owner died before its first commit) must
+    go back to its first offset, or the discarded events are never read again and the next
+    answered one commits over them.
+    """
+    app = create_app(Settings(cache_dir=tmp_path))
+    thread = _ThreeAssignedPartitions()
+    app.consumer._thread = thread  # type: ignore[attr-defined]
+
+    asyncio.run(app.consumer.perform_seek())
+
+    never, zero, _ = thread.partitions
+    assert thread.rewound == [never, zero]
