@@ -51,12 +51,15 @@ class _Consumer(faust_aiokafka.Consumer):
         them. This happens to a partition whose previous owner died before its first commit.
         It was seen in the scale-out test on Apache Kafka under load: a worker killed 0.1 s
         after taking its partitions, and 31 uploads never answered. For such a partition the
-        first offset is what "committed" means: the worker's ``consumer_auto_offset_reset`` is
-        "earliest". Events a dead owner had answered without committing are answered again.
+        first offset is what "committed" means where ``consumer_auto_offset_reset`` is "earliest"
+        (the worker's, `streams.worker.app`). Events a dead owner had answered without
+        committing are answered again.
         """
         committed = await super().seek_to_committed()
+        if self.app.conf.consumer_auto_offset_reset != "earliest":
+            return committed  # "latest": where aiokafka leaves them is where the setting says to start
         never = [tp for tp, offset in committed.items() if offset is None or offset <= 0]
-        if never:
+        if never:  # no arguments would rewind every partition
             await self._thread.seek_to_beginning(*never)
         return committed
 
