@@ -8,15 +8,16 @@ the largest part of the end-to-end latency here.
 
 The consumer also refuses the acks of events the stream skipped instead of handing them over
 (`_Consumer.ack`), which Faust's pure-Python stream iterator sends, and its seek back to the
-committed offsets also rewinds the partitions nobody has committed yet
-(`_Consumer.seek_to_committed`). Nothing else of the transport changes.
+committed offsets also rewinds the partitions nobody has committed yet, and asks the group for a
+new assignment where the seek fails (`_Consumer.seek_to_committed`). Nothing else of the
+transport changes.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiokafka
 import faust
@@ -36,6 +37,23 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms
         return consumer
 
+    async def rejoin_group(self) -> None:
+        """Ask the group for a new assignment (see :func:`request_rejoin`)."""
+        await self.call_thread(request_rejoin, self._ensure_consumer())
+
+
+async def request_rejoin(consumer: aiokafka.AIOKafkaConsumer) -> None:
+    """Make ``consumer`` rejoin its group: the new assignment starts every partition at its committed offset.
+
+    aiokafka builds a fresh position state for each partition of a new assignment, read from
+    the committed offsets (or the reset policy where none), so a rejoin restores what a failed
+    seek to the committed offsets should have. It is aiokafka's own trigger (``request_rejoin``
+    of its group coordinator, the one a failed heartbeat pulls); aiokafka has no public call for
+    it. tests/e2e/streams/worker/test_transport.py fails if a release renames it. A coroutine
+    function because the consumer thread's ``call_thread`` takes one.
+    """
+    consumer._coordinator.request_rejoin()
+
 
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
@@ -54,14 +72,28 @@ class _Consumer(faust_aiokafka.Consumer):
         first offset is what "committed" means where ``consumer_auto_offset_reset`` is "earliest"
         (the worker's, `streams.worker.app`). Events a dead owner had answered without
         committing are answered again.
+
+        Where the seek fails, Faust only logs a warning and reads on past the discarded events.
+        A failure while the assignment changed is harmless (a new assignment starts from the
+        committed offsets); one while it stays (an error reading the committed offsets that
+        aiokafka does not retry) would lose them. Either way the consumer then rejoins the
+        group, which restarts every partition from its committed offset, and the error goes on
+        to Faust.
         """
-        committed = await super().seek_to_committed()
-        if self.app.conf.consumer_auto_offset_reset != "earliest":
-            return committed  # "latest": where aiokafka leaves them is where the setting says to start
-        never = [tp for tp, offset in committed.items() if offset is None or offset <= 0]
-        if never:  # no arguments would rewind every partition
-            await self._thread.seek_to_beginning(*never)
-        return committed
+        try:
+            committed = await super().seek_to_committed()
+            if self.app.conf.consumer_auto_offset_reset != "earliest":
+                return committed  # "latest": where aiokafka leaves them is where the setting says to start
+            never = [tp for tp, offset in committed.items() if offset is None or offset <= 0]
+            if never:  # no arguments would rewind every partition
+                await self._thread.seek_to_beginning(*never)
+            return committed
+        except Exception as error:
+            log.warning(
+                "seek back to the committed offsets failed (%r): rejoining the group to restart from them", error
+            )
+            await cast(_ConsumerThread, self._thread).rejoin_group()
+            raise
 
     def ack(self, message: Message) -> bool:
         """Count ``message`` as done only if the stream handed it over (Faust's ``message.tracked``).

@@ -8,6 +8,7 @@ from pathlib import Path
 import faust.streams
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import GroupAuthorizationFailedError
 from faust.events import Event
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
@@ -63,12 +64,19 @@ class _AssignedPartitions:
     aiokafka reports None where nothing was committed and seeks only offsets above 0 itself.
     """
 
-    def __init__(self, committed: dict[TopicPartition, int | None]) -> None:
+    def __init__(self, committed: dict[TopicPartition, int | None], failure: Exception | None = None) -> None:
         self.committed = committed
+        self.failure = failure
         self.rewound: list[TopicPartition] = []
+        self.rejoins = 0
 
     async def seek_to_committed(self) -> dict[TopicPartition, int | None]:
+        if self.failure is not None:
+            raise self.failure
         return self.committed
+
+    async def rejoin_group(self) -> None:
+        self.rejoins += 1
 
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         assert partitions, "no partitions would rewind every assigned one"
@@ -100,5 +108,23 @@ def test_faust_s_seek_back_to_the_committed_offsets_rewinds_partitions_nobody_co
     asyncio.run(app.consumer.perform_seek())
 
     assert thread.rewound == rewound
+    assert thread.rejoins == 0
     # None or 0: Faust's read-offset filter lets the re-read events through.
     assert all(not app.consumer._read_offset[tp] for tp in rewound)  # type: ignore[attr-defined]
+
+
+def test_a_failed_seek_back_to_the_committed_offsets_makes_the_consumer_rejoin_its_group(tmp_path: Path) -> None:
+    """Faust only warns when that seek raises and reads on past the discarded events: they would be lost.
+
+    An error reading the committed offsets that aiokafka does not retry is such a failure. A
+    rejoin gives every partition a new position from its committed offset (the real broker's
+    side of it: tests/e2e/streams/worker/test_transport.py). The error still reaches Faust.
+    """
+    app = create_app(Settings(cache_dir=tmp_path))
+    thread = _AssignedPartitions({}, failure=GroupAuthorizationFailedError())
+    app.consumer._thread = thread  # type: ignore[attr-defined]
+
+    with pytest.raises(GroupAuthorizationFailedError):
+        asyncio.run(app.consumer.perform_seek())
+
+    assert thread.rejoins == 1
