@@ -8,8 +8,8 @@ the largest part of the end-to-end latency here.
 
 The consumer also refuses the acks of events the stream skipped instead of handing them over
 (`_Consumer.ack`), which Faust's pure-Python stream iterator sends, and its seek back to the
-committed offsets also rewinds the partitions nobody has committed yet, and asks the group for a
-new assignment where the seek fails (`_Consumer.seek_to_committed`). Nothing else of the
+committed offsets also rewinds the partitions nobody has committed yet, and stops fetching and
+rejoins the group where that seek fails (`_Consumer.seek_to_committed`). Nothing else of the
 transport changes.
 """
 
@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import aiokafka
 import faust
+from aiokafka.errors import IllegalStateError
 from faust import transport as faust_transports
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
@@ -37,21 +38,25 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms
         return consumer
 
-    async def rejoin_group(self) -> None:
-        """Ask the group for a new assignment (see :func:`request_rejoin`)."""
-        await self.call_thread(request_rejoin, self._ensure_consumer())
+    async def restart_from_committed(self) -> None:
+        """Stop fetching and rejoin the group (see :func:`restart_from_committed`), on the consumer thread."""
+        await self.call_thread(restart_from_committed, self._ensure_consumer())
 
 
-async def request_rejoin(consumer: aiokafka.AIOKafkaConsumer) -> None:
-    """Make ``consumer`` rejoin its group: the new assignment starts every partition at its committed offset.
+async def restart_from_committed(consumer: aiokafka.AIOKafkaConsumer) -> None:
+    """Pause every assigned partition and make ``consumer`` rejoin its group.
 
-    aiokafka builds a fresh position state for each partition of a new assignment, read from
-    the committed offsets (or the reset policy where none), so a rejoin restores what a failed
-    seek to the committed offsets should have. It is aiokafka's own trigger (``request_rejoin``
-    of its group coordinator, the one a failed heartbeat pulls); aiokafka has no public call for
-    it. tests/e2e/streams/worker/test_transport.py fails if a release renames it. A coroutine
+    The new assignment starts every partition at its committed offset: aiokafka builds a fresh
+    position state for each partition of an assignment, read from the committed offsets (or
+    the reset policy where none), and unpaused. So a rejoin restores what a failed seek to the
+    committed offsets should have done. The rejoin is only requested here and happens later;
+    the pause keeps anything past the old positions from being delivered (and acked, then
+    committed over the gap) before it. aiokafka has no public call for the rejoin: this pulls
+    its group coordinator's own trigger, the one a failed heartbeat pulls.
+    tests/e2e/streams/worker/test_transport.py fails if a release renames it. A coroutine
     function because the consumer thread's ``call_thread`` takes one.
     """
+    consumer.pause(*consumer.assignment())
     consumer._coordinator.request_rejoin()
 
 
@@ -74,11 +79,12 @@ class _Consumer(faust_aiokafka.Consumer):
         committing are answered again.
 
         Where the seek fails, Faust only logs a warning and reads on past the discarded events.
-        A failure while the assignment changed is harmless (a new assignment starts from the
-        committed offsets); one while it stays (an error reading the committed offsets that
-        aiokafka does not retry) would lose them. Either way the consumer then rejoins the
-        group, which restarts every partition from its committed offset, and the error goes on
-        to Faust.
+        A failure because the assignment changed meanwhile (aiokafka's ``IllegalStateError``, or
+        its assertion that none is left) is harmless: a new assignment starts from the committed
+        offsets. Any other failure (an error reading the committed offsets that aiokafka does
+        not retry) would lose them, so the consumer stops fetching and rejoins the group, which
+        restarts every partition from its committed offset. The error goes on to Faust either
+        way.
         """
         try:
             committed = await super().seek_to_committed()
@@ -88,11 +94,16 @@ class _Consumer(faust_aiokafka.Consumer):
             if never:  # no arguments would rewind every partition
                 await self._thread.seek_to_beginning(*never)
             return committed
+        except (IllegalStateError, AssertionError):
+            raise  # the assignment changed: a rejoin would only cost the group another rebalance
         except Exception as error:
             log.warning(
                 "seek back to the committed offsets failed (%r): rejoining the group to restart from them", error
             )
-            await cast(_ConsumerThread, self._thread).rejoin_group()
+            try:
+                await cast(_ConsumerThread, self._thread).restart_from_committed()
+            except Exception:
+                log.exception("could not rejoin the group after the failed seek")
             raise
 
     def ack(self, message: Message) -> bool:

@@ -10,7 +10,7 @@ from support.streams import create_topics
 
 from streams.settings import Settings
 from streams.worker.app import create_app
-from streams.worker.transport import FetchWaitTransport, request_rejoin
+from streams.worker.transport import FetchWaitTransport, restart_from_committed
 
 
 def test_the_worker_consumer_fetches_with_the_configured_wait(broker: Broker) -> None:
@@ -29,11 +29,12 @@ def test_the_worker_consumer_fetches_with_the_configured_wait(broker: Broker) ->
     assert asyncio.run(fetcher_wait_ms()) == 40
 
 
-def test_a_consumer_that_rejoins_its_group_reads_on_from_the_committed_offset(broker: Broker) -> None:
-    """What the worker falls back on where its seek back to the committed offsets fails (`request_rejoin`).
+def test_a_consumer_restarted_from_the_committed_offsets_reads_on_from_there(broker: Broker) -> None:
+    """What the worker falls back on where its seek back to the committed offsets fails (`restart_from_committed`).
 
-    A consumer reads six events and commits after the second; after the rejoin it reads from
-    the third again, on a real broker. Also fails if aiokafka renames the trigger it pulls.
+    A consumer reads six events and commits after the second; restarted, it pauses, rejoins its
+    group and reads from the third again, on a real broker: the new assignment is unpaused and
+    positioned at the committed offset. Also fails if aiokafka renames the trigger it pulls.
     """
     topic = "rejoin-test"
     create_topics(broker, [topic])
@@ -61,7 +62,8 @@ def test_a_consumer_that_rejoins_its_group_reads_on_from_the_committed_offset(br
             tp = TopicPartition(topic, 0)
             await consumer.commit({tp: 2})
             assert await consumer.position(tp) == 6
-            await request_rejoin(consumer)
+            await restart_from_committed(consumer)
+            assert consumer.paused() == {tp}, "nothing may be fetched past the old positions before the rejoin"
             again: list[int] = []
             while len(again) < 4:
                 again += [r.offset for records in (await consumer.getmany(timeout_ms=1000)).values() for r in records]
@@ -70,3 +72,21 @@ def test_a_consumer_that_rejoins_its_group_reads_on_from_the_committed_offset(br
             await consumer.stop()
 
     assert asyncio.run(asyncio.wait_for(offsets_read_after_a_rejoin(), 60)) == [2, 3, 4, 5]
+
+
+def test_the_worker_consumer_thread_hands_the_restart_to_its_aiokafka_consumer(broker: Broker) -> None:
+    """The worker's consumer asks for the restart from Faust's loop; the aiokafka consumer lives on its own thread."""
+
+    async def rejoin_requested() -> tuple[bool, bool]:
+        app = create_app(Settings(broker=broker.url, app_id="restart-thread-test"))
+        thread = app.consumer._thread  # type: ignore[attr-defined]
+        await thread.start()
+        try:
+            rejoin = thread._ensure_consumer()._coordinator._rejoin_needed_fut
+            before = rejoin.done()
+            await thread.restart_from_committed()
+            return before, rejoin.done()
+        finally:
+            await thread.stop()
+
+    assert asyncio.run(asyncio.wait_for(rejoin_requested(), 60)) == (False, True)
