@@ -1,4 +1,4 @@
-"""The worker's Faust consumer on a real broker: the configured fetch wait, and the rejoin it falls back on."""
+"""The worker's Faust consumer on a real broker: the configured fetch wait, its seek back to the committed offsets, and the restart it falls back on."""
 
 from __future__ import annotations
 
@@ -90,3 +90,48 @@ def test_the_worker_consumer_thread_hands_the_restart_to_its_aiokafka_consumer(b
             await thread.stop()
 
     assert asyncio.run(asyncio.wait_for(rejoin_requested(), 60)) == (False, True)
+
+
+def test_the_worker_consumer_s_seek_back_to_the_committed_offsets_rewinds_a_partition_nobody_committed(
+    broker: Broker,
+) -> None:
+    """Faust's seek back to the committed offsets (after events discarded in a rebalance), on a real broker.
+
+    Both partitions were read to their end (position 3). Partition 1 has a commit at 2 and goes
+    back there (aiokafka's own seek); partition 0 has none, as after an owner that died before
+    its first commit, and goes back to its first offset (the worker's addition: aiokafka
+    leaves it at 3, past the events to be read again).
+    """
+    topic = "seek-test"
+    create_topics(broker, [topic], partitions=2)
+
+    async def positions_after_the_seek() -> tuple[dict[TopicPartition, int | None], list[int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            for partition in (0, 1):
+                for i in range(3):
+                    await producer.send_and_wait(topic, f"event {i}".encode(), partition=partition)
+        finally:
+            await producer.stop()
+        app = create_app(Settings(broker=broker.url, app_id="seek-test"))
+        thread = app.consumer._thread  # type: ignore[attr-defined]
+        await thread.start()
+        try:
+            consumer = thread._ensure_consumer()
+            await thread.call_thread(lambda: consumer.subscribe([topic]))  # without Faust's rebalance listener
+            read = 0
+            while read < 6:
+                fetched = await thread.call_thread(consumer.getmany, timeout_ms=1000)
+                read += sum(len(records) for records in fetched.values())
+            await thread.call_thread(consumer.commit, {TopicPartition(topic, 1): 2})
+            committed = await app.consumer.seek_to_committed()
+            positions = [await thread.call_thread(consumer.position, TopicPartition(topic, p)) for p in (0, 1)]
+            return dict(committed), positions
+        finally:
+            await thread.stop()
+
+    committed, positions = asyncio.run(asyncio.wait_for(positions_after_the_seek(), 60))
+
+    assert committed == {TopicPartition(topic, 0): None, TopicPartition(topic, 1): 2}
+    assert positions == [0, 2]
